@@ -1,0 +1,8 @@
+"""onlinemdl: on-line learning dynamics of mode decomposition learning."""
+__version__ = "0.1.0"
+
+from .model import Student, Teacher
+from .ode import OdeSystem, integrate
+from .trajectory import Trajectory
+
+__all__ = ["Student", "Teacher", "OdeSystem", "Trajectory", "integrate", "__version__"]

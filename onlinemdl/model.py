@@ -1,0 +1,308 @@
+"""Teacher and student soft committee machines (conventions: DESIGN.md section 2).
+
+A network's first layer is either a full matrix ``W`` (K x N) or mode-decomposed,
+``W = A diag(lam) Xi^T`` with ``A`` (K x p), ``lam`` (p), ``Xi`` (N x p). Fields are
+``h = W x / sqrt(N)``; outputs ``sum_i v_i g(h_i)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .gaussian import ACTIVATIONS
+
+MODE_FACTORS = ("xi", "lam", "A", "v")
+FULL_FACTORS = ("w", "v")
+
+
+def as_generator(rng) -> np.random.Generator:
+    """A ``numpy.random.Generator`` from an int seed, a Generator or None."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (int, np.integer)):
+        return np.random.default_rng(rng)
+    raise ValueError(f"rng must be an int seed, a numpy.random.Generator or None, got {type(rng).__name__}")
+
+
+def _check_int(name, value, low=1):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    return activation
+
+
+def mode_scale(N: int) -> float:
+    """Standard deviation (ln N)^(-1/6) of every mode factor entry (DESIGN.md section 2)."""
+    return math.log(N) ** (-1.0 / 6.0) if N > 1 else 1.0
+
+
+def default_modes(N: int, a: float = 1.0) -> int:
+    """Number of modes p* = round(a ln N), at least 1."""
+    return max(1, int(round(a * math.log(N))))
+
+
+def second_layer(v, K, name="v"):
+    """Second-layer weights: None gives 1/K (averaging committee), a scalar is broadcast."""
+    if v is None:
+        return np.full(K, 1.0 / K)
+    arr = np.asarray(v, dtype=float)
+    if arr.ndim == 0:
+        arr = np.full(K, float(arr))
+    if arr.shape != (K,) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be a finite scalar or a vector of length {K}, got shape {arr.shape}")
+    return arr.copy()
+
+
+@dataclass
+class Teacher:
+    """Teacher committee: labels ``y = sum_n vt_n g(B_n x / sqrt N) + sigma zeta``.
+
+    Attributes
+    ----------
+    B : (M, N) first-layer weights. ``A``, ``lam``, ``Xi`` are set for a mode teacher.
+    vt : (M,) second-layer weights (default 1/M).
+    sigma : output noise standard deviation.
+    """
+
+    B: np.ndarray
+    vt: np.ndarray = None
+    sigma: float = 0.0
+    activation: str = "erf"
+    A: np.ndarray | None = None
+    lam: np.ndarray | None = None
+    Xi: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.B = np.ascontiguousarray(self.B, dtype=float)
+        if self.B.ndim != 2 or not np.all(np.isfinite(self.B)):
+            raise ValueError(f"B must be a finite (M, N) matrix, got shape {self.B.shape}")
+        self.vt = second_layer(self.vt, self.M, "vt")
+        if not (np.isfinite(self.sigma) and self.sigma >= 0):
+            raise ValueError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
+        self.sigma = float(self.sigma)
+        _check_activation(self.activation)
+
+    @property
+    def M(self) -> int:
+        return self.B.shape[0]
+
+    @property
+    def N(self) -> int:
+        return self.B.shape[1]
+
+    @property
+    def T(self) -> np.ndarray:
+        """Teacher overlaps T = B B^T / N."""
+        return self.B @ self.B.T / self.N
+
+    @classmethod
+    def random(cls, N, M, rng=None, **kw) -> "Teacher":
+        """Gaussian teacher, ``B_ij ~ N(0, 1)`` (so ``T ~ I``)."""
+        N, M = _check_int("N", N), _check_int("M", M)
+        return cls(as_generator(rng).standard_normal((M, N)), **kw)
+
+    @classmethod
+    def orthonormal(cls, N, M, rng=None, **kw) -> "Teacher":
+        """Teacher with orthogonal rows of squared norm N, so ``T = I`` exactly (needs M <= N)."""
+        N, M = _check_int("N", N), _check_int("M", M)
+        if M > N:
+            raise ValueError(f"M must be <= N for an orthonormal teacher, got M={M}, N={N}")
+        q, _ = np.linalg.qr(as_generator(rng).standard_normal((N, M)))
+        return cls(math.sqrt(N) * q.T, **kw)
+
+    @classmethod
+    def modes(cls, N, M, p=None, a=1.0, rng=None, **kw) -> "Teacher":
+        """Mode teacher ``B = A diag(lam) Xi^T`` with ``p* = round(a ln N)`` modes.
+
+        Every entry of ``A``, ``lam``, ``Xi`` is N(0, 1) x (ln N)^(-1/6).
+        """
+        N, M = _check_int("N", N, 2), _check_int("M", M)
+        if not (np.isfinite(a) and a > 0):
+            raise ValueError(f"a must be a finite number > 0, got {a!r}")
+        p = default_modes(N, a) if p is None else _check_int("p", p)
+        if p > N:
+            raise ValueError(f"p must be <= N, got p={p}, N={N}")
+        g = as_generator(rng)
+        s = mode_scale(N)
+        A = s * g.standard_normal((M, p))
+        lam = s * g.standard_normal(p)
+        Xi = s * g.standard_normal((N, p))
+        return cls((A * lam) @ Xi.T, A=A, lam=lam, Xi=Xi, **kw)
+
+
+@dataclass
+class Student:
+    """Student committee with a full or a mode-decomposed first layer.
+
+    Build it with :meth:`full`, :meth:`modes` or :meth:`from_teacher_modes`.
+
+    Attributes
+    ----------
+    W : (K, N) first-layer weights (for a mode student the product ``A diag(lam) Xi^T``).
+    A, lam, Xi : mode factors (None for a full student).
+    v : (K,) second-layer weights.
+    train : trained factors, a subset of ("w", "v") or of ("xi", "lam", "A", "v").
+    weight_decay : decay rate ``kappa`` of the N-dimensional weights
+        (each step multiplies them by ``1 - eta kappa / N``).
+    batch : mini-batch size (the O(eta^2) terms of the dynamics carry 1 / batch).
+    """
+
+    W_full: np.ndarray | None = None
+    A: np.ndarray | None = None
+    lam: np.ndarray | None = None
+    Xi: np.ndarray | None = None
+    v: np.ndarray = None
+    train: tuple = None
+    weight_decay: float = 0.0
+    batch: int = 1
+    activation: str = "erf"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.W_full is not None:
+            if self.Xi is not None or self.A is not None or self.lam is not None:
+                raise ValueError("give either W (full student) or A, lam, Xi (mode student), not both")
+            self.W_full = np.ascontiguousarray(self.W_full, dtype=float)
+            if self.W_full.ndim != 2:
+                raise ValueError(f"W must be a (K, N) matrix, got shape {self.W_full.shape}")
+            allowed = FULL_FACTORS
+            default_train = ("w",)
+        else:
+            if self.Xi is None or self.A is None or self.lam is None:
+                raise ValueError("a mode student needs A (K x p), lam (p) and Xi (N x p)")
+            self.Xi = np.ascontiguousarray(self.Xi, dtype=float)
+            self.A = np.ascontiguousarray(self.A, dtype=float)
+            self.lam = np.ascontiguousarray(self.lam, dtype=float).reshape(-1)
+            p = self.lam.shape[0]
+            if self.Xi.ndim != 2 or self.Xi.shape[1] != p:
+                raise ValueError(f"Xi must be (N, p) with p = len(lam) = {p}, got shape {self.Xi.shape}")
+            if self.A.ndim != 2 or self.A.shape[1] != p:
+                raise ValueError(f"A must be (K, p) with p = len(lam) = {p}, got shape {self.A.shape}")
+            if p > self.N:
+                raise ValueError(f"p must be <= N, got p={p}, N={self.N}")
+            allowed = MODE_FACTORS
+            default_train = ("xi", "lam", "A")
+        for name in ("W_full", "A", "lam", "Xi"):
+            arr = getattr(self, name)
+            if arr is not None and not np.all(np.isfinite(arr)):
+                raise ValueError(f"{'W' if name == 'W_full' else name} must be finite")
+        train = default_train if self.train is None else self.train
+        if isinstance(train, str):
+            train = (train,)
+        bad = [t for t in train if t not in allowed]
+        if bad or len(set(train)) != len(tuple(train)):
+            raise ValueError(f"train must be distinct names from {allowed}, got {tuple(train)!r}")
+        self.train = tuple(t for t in allowed if t in train)
+        self.v = second_layer(self.v, self.K)
+        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        self.weight_decay = float(self.weight_decay)
+        self.batch = _check_int("batch", self.batch)
+        _check_activation(self.activation)
+
+    # --- shapes -----------------------------------------------------------------------
+    @property
+    def is_modes(self) -> bool:
+        return self.W_full is None
+
+    @property
+    def K(self) -> int:
+        return (self.W_full if self.W_full is not None else self.A).shape[0]
+
+    @property
+    def N(self) -> int:
+        return self.W_full.shape[1] if self.W_full is not None else self.Xi.shape[0]
+
+    @property
+    def p(self) -> int | None:
+        return None if self.lam is None else self.lam.shape[0]
+
+    @property
+    def W(self) -> np.ndarray:
+        """First-layer weights (K x N); ``A diag(lam) Xi^T`` for a mode student."""
+        if self.W_full is not None:
+            return self.W_full
+        return (self.A * self.lam) @ self.Xi.T
+
+    # --- order parameters -------------------------------------------------------------
+    def order_parameters(self, teacher: Teacher) -> dict:
+        """Order parameters with ``teacher``: Q, R, T (and Rm, S for a mode student)."""
+        if teacher.N != self.N:
+            raise ValueError(f"teacher and student must share N, got {teacher.N} and {self.N}")
+        if teacher.activation != self.activation:
+            raise ValueError("teacher and student must share the activation")
+        N = self.N
+        out = {"T": teacher.T}
+        if self.is_modes:
+            Rm = self.Xi.T @ self.Xi / N
+            S = self.Xi.T @ teacher.B.T / N
+            C = self.A * self.lam
+            out.update(Rm=Rm, S=S, Q=C @ Rm @ C.T, R=C @ S)
+        else:
+            W = self.W_full
+            out.update(Q=W @ W.T / N, R=W @ teacher.B.T / N)
+        return out
+
+    # --- constructors -----------------------------------------------------------------
+    @classmethod
+    def full(cls, N, K, init="large", rng=None, teacher=None, overlap=0.5, scale=1.0, **kw) -> "Student":
+        """Full-weight student.
+
+        Parameters
+        ----------
+        init : "large" (entries N(0, scale^2), Q ~ scale^2 I), "small" (entries
+            N(0, scale^2 / N): O(1/sqrt N) weights, Q and R of order 1/N), or "informed"
+            (row i is ``overlap * B_(i mod M) + sqrt(1 - overlap^2) * noise``; needs ``teacher``).
+        """
+        N, K = _check_int("N", N), _check_int("K", K)
+        g = as_generator(rng)
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        if init == "large":
+            W = scale * g.standard_normal((K, N))
+        elif init == "small":
+            W = scale * g.standard_normal((K, N)) / math.sqrt(N)
+        elif init == "informed":
+            if teacher is None:
+                raise ValueError('init="informed" needs teacher=')
+            if teacher.N != N:
+                raise ValueError(f"teacher must have N={N}, got {teacher.N}")
+            if not (0.0 <= overlap <= 1.0):
+                raise ValueError(f"overlap must be in [0, 1], got {overlap!r}")
+            rows = teacher.B[np.arange(K) % teacher.M]
+            W = overlap * rows + math.sqrt(1.0 - overlap**2) * g.standard_normal((K, N))
+        else:
+            raise ValueError(f'init must be one of "large", "small", "informed", got {init!r}')
+        return cls(W_full=W, **kw)
+
+    @classmethod
+    def modes(cls, N, K, p, rng=None, **kw) -> "Student":
+        """Mode student with its own random factors, every entry N(0, 1) x (ln N)^(-1/6)."""
+        N, K, p = _check_int("N", N, 2), _check_int("K", K), _check_int("p", p)
+        if p > N:
+            raise ValueError(f"p must be <= N, got p={p}, N={N}")
+        g = as_generator(rng)
+        s = mode_scale(N)
+        A = s * g.standard_normal((K, p))
+        lam = s * g.standard_normal(p)
+        Xi = s * g.standard_normal((N, p))
+        return cls(A=A, lam=lam, Xi=Xi, **kw)
+
+    @classmethod
+    def from_teacher_modes(cls, teacher: Teacher, train=("xi",), rng=None, **kw) -> "Student":
+        """The paper's on-line setting: fresh random ``Xi``, ``A`` and ``lam`` copied from a
+        mode teacher (so K = M), second-layer weights equal to the teacher's."""
+        if teacher.Xi is None:
+            raise ValueError("teacher must be a mode teacher (Teacher.modes)")
+        g = as_generator(rng)
+        Xi = mode_scale(teacher.N) * g.standard_normal(teacher.Xi.shape)
+        kw.setdefault("v", teacher.vt.copy())
+        kw.setdefault("activation", teacher.activation)
+        return cls(A=teacher.A.copy(), lam=teacher.lam.copy(), Xi=Xi, train=train, **kw)

@@ -1,0 +1,108 @@
+"""Trajectory: what every engine (ODE, SGD, mode network) returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+
+#: Fields that run over the alpha grid (with a leading replica axis for simulations).
+SERIES = ("eps_g", "Q", "R", "Rm", "S", "lam", "A", "v", "eps_test")
+
+
+@dataclass
+class Trajectory:
+    """Order parameters and error of one run on an ``alpha`` grid.
+
+    Attributes
+    ----------
+    alpha : (n,) times ``alpha = steps / N``.
+    steps : (n,) matching number of SGD steps (``round(alpha N)``).
+    eps_g : ([replicas,] n) generalisation error, closed form (label noise excluded).
+    Q, R : ([replicas,] n, K, K) and ([replicas,] n, K, M) order parameters.
+    T : (M, M) teacher overlaps (constant in time).
+    Rm, S, lam, A, v : mode-student state and second-layer weights over time (None where
+        not part of the model).
+    eps_test : test-set error of a simulation, where requested.
+    kind : "ode", "sgd" or "modenet".
+    params : every parameter of the run (model, rates, method, seed).
+    status : "ok" or "diverged" (for a simulation: "diverged" when any replica diverged).
+    message : human-readable account of the status.
+    nfev : right-hand-side evaluations (ODE) or SGD steps (simulation).
+    diverged : (replicas,) per-replica divergence flag (simulations).
+    alpha_diverged : (replicas,) alpha at which each replica diverged (NaN where it did not).
+    """
+
+    alpha: np.ndarray
+    steps: np.ndarray
+    eps_g: np.ndarray
+    Q: np.ndarray
+    R: np.ndarray
+    T: np.ndarray
+    Rm: np.ndarray | None = None
+    S: np.ndarray | None = None
+    lam: np.ndarray | None = None
+    A: np.ndarray | None = None
+    v: np.ndarray | None = None
+    eps_test: np.ndarray | None = None
+    kind: str = "ode"
+    params: dict = field(default_factory=dict)
+    status: str = "ok"
+    message: str = ""
+    nfev: int = 0
+    diverged: np.ndarray | None = None
+    alpha_diverged: np.ndarray | None = None
+
+    @property
+    def replicas(self) -> int:
+        """Number of replicas (1 for an ODE or a single simulation)."""
+        return self.eps_g.shape[0] if self.eps_g.ndim == 2 else 1
+
+    @property
+    def K(self) -> int:
+        return self.Q.shape[-1]
+
+    @property
+    def M(self) -> int:
+        return self.T.shape[0]
+
+    def _stat(self, fn):
+        if self.eps_g.ndim == 1:
+            return self
+        keep = np.ones(self.replicas, bool) if self.diverged is None else ~np.asarray(self.diverged)
+        out = {}
+        for name in SERIES:
+            arr = getattr(self, name)
+            if arr is not None:
+                sel = arr[keep]
+                out[name] = fn(sel) if sel.shape[0] else np.full(arr.shape[1:], np.nan)
+        return replace(self, diverged=None, alpha_diverged=None, **out)
+
+    def mean(self) -> "Trajectory":
+        """Replica mean of every series, over replicas that did not diverge."""
+        return self._stat(lambda a: a.mean(axis=0))
+
+    def sem(self) -> "Trajectory":
+        """Standard error of the replica mean, over replicas that did not diverge."""
+        def sem(a):
+            n = a.shape[0]
+            return a.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(a.shape[1:])
+        return self._stat(sem)
+
+    def at(self, alpha) -> int:
+        """Index of the grid point nearest to ``alpha``."""
+        return int(np.argmin(np.abs(self.alpha - alpha)))
+
+    def __eq__(self, other):
+        if not isinstance(other, Trajectory):
+            return NotImplemented
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+                if a is None or b is None or not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True):
+                    return False
+            elif f.name == "params":
+                if a.keys() != b.keys() or any(not np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a):
+                    return False
+            elif a != b:
+                return False
+        return True
