@@ -1,0 +1,9 @@
+"""The deep mode network, PyTorch-free: layers ``W = xi_out diag(lam) xi_in^T`` trained in NumPy,
+baselines (dense, low-rank, SVD), offline data, analyses and the bridge to the on-line theory."""
+from .data import Dataset, digits, mnist, read_idx, teacher_student, xor_dataset, xor_mixture
+from .network import KINDS, Network, factor_scale
+from .optim import SGD, Adam, schedule
+from .train import History, fit
+
+__all__ = ["Dataset", "digits", "mnist", "read_idx", "teacher_student", "xor_dataset", "xor_mixture",
+           "KINDS", "Network", "factor_scale", "SGD", "Adam", "schedule", "History", "fit"]
