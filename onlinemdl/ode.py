@@ -142,7 +142,7 @@ def rhs_full(y, K, M, T, vt, v0, P, eta, eta_v, sigma, wd, inv_b, train_w, train
     nq = K * (K + 1) // 2
     Q = _unpack_sym(y, 0, K)
     R = y[nq:nq + K * M].copy().reshape((K, M))
-    v = y[nq + K * M:nq + 2 * K].copy() if train_v else v0
+    v = y[nq + K * M:nq + K * M + K].copy() if train_v else v0
     c = np.concatenate((v, -vt))
     Sig = _fields_cov(Q, R, T)
     Phi, psi, D, Ig = field_averages(Sig, K, c, sigma, act)
@@ -157,7 +157,7 @@ def rhs_full(y, K, M, T, vt, v0, P, eta, eta_v, sigma, wd, inv_b, train_w, train
         dR = -eta * (P @ Xv) - eta * wd * R
         dy[off:off + K * M] = dR.ravel()
     if train_v:
-        dy[nq + K * M:nq + 2 * K] = -eta_v * Ig
+        dy[nq + K * M:nq + K * M + K] = -eta_v * Ig
     return dy
 
 
