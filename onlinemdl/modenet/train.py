@@ -89,3 +89,19 @@ def fit(net, X, y, epochs=10, batch_size=32, optimizer="adam", lr=1e-3, momentum
         if progress:
             epochs_iter.set_postfix(loss=f"{mean_loss:.4f}", test=f"{rec['test_acc'][-1]:.3f}")
     return History(**{k: np.asarray(v, dtype=float) for k, v in rec.items()}, status=status, message=message)
+
+
+def train_model(data, hidden, kind="modes", p=None, activation="relu", epochs=20, batch_size=32,
+                optimizer="adam", lr=3e-3, momentum=0.0, schedule="constant", seed=0, dtype="float64",
+                bias=True, mu=1.0, progress=False):
+    """Build a network of widths ``[features, *hidden, outputs]`` for a :class:`~.data.Dataset`
+    (softmax for classes, linear otherwise), train it, and return ``(net, history)``."""
+    from .network import Network
+    widths = [data.n_features, *hidden, data.n_outputs]
+    output = "softmax" if data.n_classes else "linear"
+    net = Network.build(widths, kind=kind, p=p, activation=activation, output=output, bias=bias, mu=mu,
+                        dtype=dtype, seed=seed)
+    history = fit(net, data.X_train, data.y_train, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                  lr=lr, momentum=momentum, schedule=schedule, seed=seed, X_test=data.X_test,
+                  y_test=data.y_test, progress=progress)
+    return net, history

@@ -1,0 +1,94 @@
+"""HDF5 storage of networks, training histories and analysis results (atomic writes)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import h5py
+import numpy as np
+
+from .network import Network
+from .train import History
+
+FORMAT = "onlinemdl.modenet"
+VERSION = 1
+
+
+def atomic_h5(path, write):
+    """Call ``write(h5file)`` on a temporary file in the folder of ``path``, then move it onto ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _write_dict(group, arrays):
+    for name, value in arrays.items():
+        if isinstance(value, dict):
+            _write_dict(group.create_group(name), value)
+        else:
+            group.create_dataset(name, data=np.asarray(value))
+
+
+def _read_dict(group):
+    return {k: _read_dict(v) if isinstance(v, h5py.Group) else v[()] for k, v in group.items()}
+
+
+def save(path, net, history=None, extra=None):
+    """Write ``net`` (and optionally its :class:`History` and a dict of ``extra`` arrays) to ``path``."""
+    config = {"specs": net.specs, "activations": net.activations, "output": net.output,
+              "trainable": list(net.trainable), "meta": net.meta}
+
+    def write(f):
+        f.attrs["format"] = FORMAT
+        f.attrs["version"] = VERSION
+        f.attrs["config"] = json.dumps(config)
+        _write_dict(f.create_group("params"), net.params)
+        if history is not None:
+            g = f.create_group("history")
+            _write_dict(g, history.as_dict())
+            g.attrs["status"] = history.status
+            g.attrs["message"] = history.message
+        if extra:
+            _write_dict(f.create_group("extra"), extra)
+
+    atomic_h5(path, write)
+
+
+def load(path):
+    """Read ``(net, history, extra)`` written by :func:`save` (history None and extra {} when absent)."""
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != FORMAT:
+            raise ValueError(f"{path} is not an onlinemdl.modenet model file")
+        config = json.loads(f.attrs["config"])
+        params = {k: np.ascontiguousarray(v) for k, v in _read_dict(f["params"]).items()}
+        history = None
+        if "history" in f:
+            g = f["history"]
+            history = History(**_read_dict(g), status=str(g.attrs["status"]), message=str(g.attrs["message"]))
+        extra = _read_dict(f["extra"]) if "extra" in f else {}
+    net = Network(config["specs"], params, config["activations"], config["output"], config["trainable"], config["meta"])
+    return net, history, extra
+
+
+def save_arrays(path, arrays, attrs=None):
+    """Write a (nested) dict of arrays, and string/number ``attrs``, to ``path`` atomically."""
+    def write(f):
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+        _write_dict(f, arrays)
+
+    atomic_h5(path, write)
+
+
+def load_arrays(path):
+    """The (nested) dict of arrays in ``path`` and its attributes."""
+    with h5py.File(path, "r") as f:
+        return _read_dict(f), dict(f.attrs)
