@@ -3,6 +3,7 @@ __version__ = "0.1.0"
 
 from .model import Student, Teacher
 from .ode import OdeSystem, integrate
+from .sgd import simulate
 from .trajectory import Trajectory
 
-__all__ = ["Student", "Teacher", "OdeSystem", "Trajectory", "integrate", "__version__"]
+__all__ = ["Student", "Teacher", "OdeSystem", "Trajectory", "integrate", "simulate", "__version__"]

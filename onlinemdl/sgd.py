@@ -1,0 +1,481 @@
+"""The on-line SGD engine (Numba): teacher-student simulations at finite N.
+
+Two methods give the same process in distribution:
+
+* ``"explicit"``: N-dimensional weights, one fresh Gaussian input per step; the forward
+  pass and the update are fused in one sweep over the input.
+* ``"gram"``: the exact reduced chain. SGD sees ``x`` only through the fields
+  ``f = (u, s)`` (teacher, trained rows) and ``|x|^2``; given the Gram matrix ``G`` of the
+  teacher and trained rows, ``f = L z`` with ``G = L L^T`` (semidefinite Cholesky, rank r),
+  ``z ~ N(0, I_r)`` and ``|x|^2 = |z|^2 + chi^2_{N-r}``. The cost per step is independent of N.
+
+Both treat the full-weight student as the mode student with ``C = A diag(lam) = I``: the
+trained N-dimensional vectors are the rows of ``W`` (full) or the columns of ``Xi`` (modes),
+with fields ``s``, and the hidden fields are ``h = C s``.
+Replicas run on threads (the kernels release the GIL), each on its own random stream
+spawned from ``seed``, so results do not depend on the number of threads.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numba import njit
+
+from .gaussian import activation_code, dg, eps_g as _eps_g, g
+from .model import Student, Teacher
+from .ode import _check_alpha, _rate, alpha_grid
+from .trajectory import Trajectory
+
+
+# --------------------------------------------------------------------------------------
+# One SGD step's gradient coefficients, shared by both methods
+# --------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _backprop(s, u, C, v, vt, sigma, zeta, act, h, delta, d):
+    """Fill ``h = C s``, ``delta_i = v_i g'(h_i) err`` and ``d = C^T delta``; return err."""
+    K, r = C.shape
+    err = -sigma * zeta
+    for i in range(K):
+        acc = 0.0
+        for a in range(r):
+            acc += C[i, a] * s[a]
+        h[i] = acc
+        err += v[i] * g(acc, act)
+    for n in range(u.shape[0]):
+        err -= vt[n] * g(u[n], act)
+    for i in range(K):
+        delta[i] = v[i] * dg(h[i], act) * err
+    for a in range(r):
+        acc = 0.0
+        for i in range(K):
+            acc += C[i, a] * delta[i]
+        d[a] = acc
+    return err
+
+
+@njit(cache=True, nogil=True)
+def _update_factors(A, lam, v, C, s, h, delta, err, scale, eta_lam, eta_A, eta_v, train_lam, train_A, train_v, act):
+    """O(1) factors: lam_mu -= (eta_lam/N) sum_i delta_i A_imu s_mu; A_imu -= (eta_A/N) delta_i lam_mu s_mu;
+    v_i -= (eta_v/N) err g(h_i). ``scale`` is 1/(N batch); gradients of a batch accumulate."""
+    K, r = C.shape
+    if train_lam:
+        for a in range(r):
+            acc = 0.0
+            for i in range(K):
+                acc += delta[i] * A[i, a]
+            lam[a] -= eta_lam * scale * acc * s[a]
+    if train_A:
+        for i in range(K):
+            for a in range(r):
+                A[i, a] -= eta_A * scale * delta[i] * lam[a] * s[a]
+    if train_v:
+        for i in range(K):
+            v[i] -= eta_v * scale * err * g(h[i], act)
+
+
+@njit(cache=True, nogil=True)
+def _mixing(A, lam, C):
+    for i in range(C.shape[0]):
+        for a in range(C.shape[1]):
+            C[i, a] = A[i, a] * lam[a]
+
+
+# --------------------------------------------------------------------------------------
+# Explicit engine
+# --------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _explicit_replica(WtT, BT, A, lam, v, vt, eta, eta_lam, eta_A, eta_v, sigma, wd, batch,
+                      train_w, train_lam, train_A, train_v, act, record, max_q, Xtest, rng,
+                      out_G, out_S, out_A, out_lam, out_v, out_test):
+    """Run one replica. ``WtT`` (N, r): trained vectors as columns; ``BT`` (N, M): teacher.
+
+    Returns the step at which the replica diverged, or -1.
+    """
+    N, r = WtT.shape
+    M = BT.shape[1]
+    K = A.shape[0]
+    rs = 1.0 / math.sqrt(N)
+    C = np.empty((K, r))
+    _mixing(A, lam, C)
+    x = np.empty((batch, N))
+    s = np.empty(r)
+    u = np.empty(M)
+    h = np.empty(K)
+    delta = np.empty(K)
+    coef = np.empty((batch, r))
+    shrink = 1.0 - eta * wd / N
+    step = 0
+    for o in range(record.size):
+        while step < record[o]:
+            for b in range(batch):
+                s[:] = 0.0
+                u[:] = 0.0
+                for j in range(N):  # draw the input and accumulate the fields in one sweep
+                    xj = rng.standard_normal()
+                    x[b, j] = xj
+                    for a in range(r):
+                        s[a] += WtT[j, a] * xj
+                    for n in range(M):
+                        u[n] += BT[j, n] * xj
+                for a in range(r):
+                    s[a] *= rs
+                for n in range(M):
+                    u[n] *= rs
+                zeta = rng.standard_normal() if sigma > 0.0 else 0.0
+                err = _backprop(s, u, C, v, vt, sigma, zeta, act, h, delta, coef[b])
+                if not math.isfinite(err):
+                    return step
+                for a in range(r):
+                    coef[b, a] *= eta * rs / batch
+                _update_factors(A, lam, v, C, s, h, delta, err, 1.0 / (N * batch), eta_lam, eta_A, eta_v,
+                                train_lam, train_A, train_v, act)
+            if train_w:  # W_a <- (1 - eta kappa / N) W_a - (eta / b) sum_batch d_a x / sqrt(N)
+                for j in range(N):
+                    for a in range(r):
+                        acc = WtT[j, a] * shrink
+                        for b in range(batch):
+                            acc -= coef[b, a] * x[b, j]
+                        WtT[j, a] = acc
+            if train_lam or train_A:
+                _mixing(A, lam, C)
+            step += 1
+        # record Gram, overlaps, factors and test error
+        for a in range(r):
+            for c in range(a, r):
+                acc = 0.0
+                for j in range(N):
+                    acc += WtT[j, a] * WtT[j, c]
+                out_G[o, a, c] = out_G[o, c, a] = acc / N
+            for n in range(M):
+                acc = 0.0
+                for j in range(N):
+                    acc += WtT[j, a] * BT[j, n]
+                out_S[o, a, n] = acc / N
+        out_A[o] = A
+        out_lam[o] = lam
+        out_v[o] = v
+        if Xtest.shape[0] > 0:
+            out_test[o] = _test_error(Xtest, WtT, BT, C, v, vt, act, s, u)
+        qmax = 0.0
+        for i in range(K):
+            acc = 0.0
+            for a in range(r):
+                for c in range(r):
+                    acc += C[i, a] * out_G[o, a, c] * C[i, c]
+            qmax = max(qmax, acc)
+        if not qmax < max_q:
+            return step
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _test_error(X, WtT, BT, C, v, vt, act, s, u):
+    """0.5 mean over held-out inputs of (yhat - y_clean)^2."""
+    N = X.shape[1]
+    K, r = C.shape
+    tot = 0.0
+    for t in range(X.shape[0]):
+        s[:] = 0.0
+        u[:] = 0.0
+        for j in range(N):
+            for a in range(r):
+                s[a] += WtT[j, a] * X[t, j]
+            for n in range(u.shape[0]):
+                u[n] += BT[j, n] * X[t, j]
+        e = 0.0
+        for i in range(K):
+            acc = 0.0
+            for a in range(r):
+                acc += C[i, a] * s[a]
+            e += v[i] * g(acc / math.sqrt(N), act)
+        for n in range(u.shape[0]):
+            e -= vt[n] * g(u[n] / math.sqrt(N), act)
+        tot += e * e
+    return 0.5 * tot / X.shape[0]
+
+
+# --------------------------------------------------------------------------------------
+# Gram engine
+# --------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _semidefinite_cholesky(G, L, tol):
+    """Lower-triangular L with L L^T = G for a PSD G; pivots below ``tol`` give zero columns.
+
+    Returns the rank.
+    """
+    n = G.shape[0]
+    rank = 0
+    for j in range(n):
+        acc = G[j, j]
+        for k in range(j):
+            acc -= L[j, k] * L[j, k]
+        if acc > tol:
+            d = math.sqrt(acc)
+            L[j, j] = d
+            rank += 1
+            for i in range(j + 1, n):
+                t = G[i, j]
+                for k in range(j):
+                    t -= L[i, k] * L[j, k]
+                L[i, j] = t / d
+        else:
+            for i in range(j, n):
+                L[i, j] = 0.0
+    return rank
+
+
+@njit(cache=True, nogil=True)
+def _gram_replica(Gfull, N, M, A, lam, v, vt, eta, eta_lam, eta_A, eta_v, sigma, wd, batch,
+                  train_w, train_lam, train_A, train_v, act, record, max_q, rng,
+                  out_G, out_S, out_A, out_lam, out_v):
+    """Run one replica of the exact reduced chain on ``Gfull = [[T, S^T], [S, G]]``.
+
+    Returns the step at which the replica diverged, or -1.
+    """
+    n = Gfull.shape[0]
+    r = n - M
+    K = A.shape[0]
+    C = np.empty((K, r))
+    _mixing(A, lam, C)
+    L = np.zeros((n, n))
+    z = np.empty((batch, n))
+    f = np.empty((batch, n))
+    d = np.empty((batch, r))
+    h = np.empty(K)
+    delta = np.empty(K)
+    XX = np.empty((batch, batch))
+    Wb = np.zeros((batch, batch))
+    tol_scale = 0.0
+    for j in range(n):
+        tol_scale = max(tol_scale, Gfull[j, j])
+    shrink = 1.0 - eta * wd / N
+    step = 0
+    for o in range(record.size):
+        while step < record[o]:
+            rank = _semidefinite_cholesky(Gfull, L, 1e-13 * tol_scale)
+            for b in range(batch):
+                for j in range(n):
+                    z[b, j] = rng.standard_normal() if L[j, j] != 0.0 else 0.0
+                for i in range(n):
+                    acc = 0.0
+                    for j in range(i + 1):
+                        acc += L[i, j] * z[b, j]
+                    f[b, i] = acc
+                zeta = rng.standard_normal() if sigma > 0.0 else 0.0
+                s = f[b, M:]
+                err = _backprop(s, f[b, :M], C, v, vt, sigma, zeta, act, h, delta, d[b])
+                if not math.isfinite(err):
+                    return step
+                _update_factors(A, lam, v, C, s, h, delta, err, 1.0 / (N * batch), eta_lam, eta_A, eta_v,
+                                train_lam, train_A, train_v, act)
+            if train_w:
+                # x_b . x_c = z_b . z_c + Wishart(N - rank) (Bartlett), exact for isotropic inputs
+                dof = N - rank
+                for b in range(batch):
+                    for c in range(b):
+                        Wb[b, c] = rng.standard_normal() if dof > 0 else 0.0
+                    Wb[b, b] = math.sqrt(rng.chisquare(dof - b)) if dof - b > 0 else 0.0
+                for b in range(batch):
+                    for c in range(b + 1):
+                        acc = 0.0
+                        for j in range(n):
+                            acc += z[b, j] * z[c, j]
+                        for k in range(c + 1):
+                            acc += Wb[b, k] * Wb[c, k]
+                        XX[b, c] = XX[c, b] = acc
+                # w_a' = shrink w_a - (eta / b) sum_b d_ba x_b / sqrt(N)
+                c1 = eta / (batch * N)
+                c2 = (eta / batch) ** 2 / (N * N)
+                for a in range(r):
+                    ia = M + a
+                    for c in range(a + 1):
+                        ic = M + c
+                        lin = 0.0
+                        for b in range(batch):
+                            lin += d[b, a] * f[b, ic] + d[b, c] * f[b, ia]
+                        quad = 0.0
+                        for b in range(batch):
+                            for e in range(batch):
+                                quad += d[b, a] * d[e, c] * XX[b, e]
+                        val = shrink * shrink * Gfull[ia, ic] - shrink * c1 * lin + c2 * quad
+                        Gfull[ia, ic] = val
+                        Gfull[ic, ia] = val
+                    for m in range(M):
+                        lin = 0.0
+                        for b in range(batch):
+                            lin += d[b, a] * f[b, m]
+                        val = shrink * Gfull[ia, m] - c1 * lin
+                        Gfull[ia, m] = val
+                        Gfull[m, ia] = val
+            if train_lam or train_A:
+                _mixing(A, lam, C)
+            step += 1
+        out_G[o] = Gfull[M:, M:]
+        out_S[o] = Gfull[M:, :M]
+        out_A[o] = A
+        out_lam[o] = lam
+        out_v[o] = v
+        qmax = 0.0
+        for i in range(K):
+            acc = 0.0
+            for a in range(r):
+                for c in range(r):
+                    acc += C[i, a] * Gfull[M + a, M + c] * C[i, c]
+            qmax = max(qmax, acc)
+        if not qmax < max_q:
+            return step
+    return -1
+
+
+# --------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------
+def _eps_series(G, S, A, lam, v, T, vt, act):
+    n = G.shape[0]
+    Q = np.empty((n, A.shape[1], A.shape[1]))
+    R = np.empty((n, A.shape[1], T.shape[0]))
+    eps = np.full(n, np.nan)
+    for o in range(n):
+        C = A[o] * lam[o]
+        Q[o] = C @ G[o] @ C.T
+        R[o] = C @ S[o]
+        if np.all(np.isfinite(Q[o])):
+            eps[o] = _eps_g(Q[o], R[o], T, v[o], vt, act)
+    return Q, R, eps
+
+
+def simulate(student: Student, teacher: Teacher, *, eta, alpha_max=None, alpha=None, replicas=1, seed=0,
+             method="explicit", eta_lam=None, eta_A=None, eta_v=None, points=200, threads=None, test_set=0,
+             max_norm=1e2) -> Trajectory:
+    """On-line SGD of ``student`` on labels of ``teacher``, replicas in parallel.
+
+    Parameters
+    ----------
+    eta : learning rate of the N-dimensional weights; ``eta_lam``, ``eta_A``, ``eta_v`` (default
+        ``eta``) those of the O(1) factors, applied as ``eta_x / N`` per step.
+    alpha_max, alpha : end time with the default log grid (as :func:`onlinemdl.integrate`), or
+        the recording times; both are rounded to whole steps, ``alpha = steps / N``.
+    replicas : independent runs from the same initial weights, each on its own random stream
+        spawned from ``seed`` (results do not depend on ``threads``).
+    method : "explicit" (N-dimensional weights) or "gram" (exact reduced chain, cost independent of N).
+    threads : worker threads (default: all cores).
+    test_set : size of a fixed held-out set of Gaussian inputs per replica on which the error is
+        also measured (``eps_test``; explicit method only; 0 = none).
+    max_norm : a replica is marked diverged once some ``Q_ii`` exceeds ``max_norm`` times its scale.
+
+    Returns
+    -------
+    Trajectory (kind "sgd") with a leading replica axis on the series when ``replicas > 1``;
+    diverged replicas are flagged in ``diverged`` and hold NaN after ``alpha_diverged``.
+    """
+    if teacher.N != student.N:
+        raise ValueError(f"teacher and student must share N, got {teacher.N} and {student.N}")
+    if teacher.activation != student.activation:
+        raise ValueError("teacher and student must share the activation")
+    if method not in ("explicit", "gram"):
+        raise ValueError(f'method must be "explicit" or "gram", got {method!r}')
+    if not isinstance(replicas, (int, np.integer)) or replicas < 1:
+        raise ValueError(f"replicas must be an integer >= 1, got {replicas!r}")
+    if not isinstance(test_set, (int, np.integer)) or test_set < 0:
+        raise ValueError(f"test_set must be an integer >= 0, got {test_set!r}")
+    if test_set and method != "explicit":
+        raise ValueError('test_set needs method="explicit"')
+    if not (np.isfinite(max_norm) and max_norm > 0):
+        raise ValueError(f"max_norm must be a finite number > 0, got {max_norm!r}")
+    threads = os.cpu_count() if threads is None else threads
+    if not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    eta = _rate("eta", eta, None)
+    rates = dict(eta_lam=_rate("eta_lam", eta_lam, eta), eta_A=_rate("eta_A", eta_A, eta),
+                 eta_v=_rate("eta_v", eta_v, eta))
+    N = student.N
+    if alpha is None:
+        if alpha_max is None:
+            raise ValueError("give alpha_max or alpha")
+        alpha = alpha_grid(alpha_max, points)
+    record = np.unique(np.rint(_check_alpha(alpha) * N).astype(np.int64))
+    act = activation_code(student.activation)
+    train = student.train
+    K, M = student.K, teacher.M
+    if student.is_modes:
+        A0, lam0, W0 = student.A, student.lam, student.Xi.T
+    else:
+        A0, lam0, W0 = np.eye(K), np.ones(K), student.W
+    r = W0.shape[0]
+    op = student.order_parameters(teacher)
+    T = op["T"]
+    scale = max(1.0, float(np.max(np.diag(T))), float(np.max(np.abs(op["Q"]))))
+    max_q = max_norm * scale
+    flags = ("w" in train or "xi" in train, "lam" in train, "A" in train, "v" in train)
+    n_rec = record.size
+    streams = [np.random.Generator(np.random.PCG64(s)) for s in np.random.SeedSequence(seed).spawn(replicas)]
+    outs = [dict(G=np.full((n_rec, r, r), np.nan), S=np.full((n_rec, r, M), np.nan),
+                 A=np.full((n_rec, K, r), np.nan), lam=np.full((n_rec, r), np.nan), v=np.full((n_rec, K), np.nan),
+                 test=np.full(n_rec, np.nan)) for _ in range(replicas)]
+
+    BT = np.ascontiguousarray(teacher.B.T)
+
+    def run(k):
+        rng, o = streams[k], outs[k]
+        A, lam, v = A0.copy(), lam0.copy(), student.v.copy()
+        common = (eta, rates["eta_lam"], rates["eta_A"], rates["eta_v"], teacher.sigma, student.weight_decay,
+                  student.batch, *flags, act, record, max_q)
+        if method == "explicit":
+            Xtest = rng.standard_normal((test_set, N)) if test_set else np.empty((0, N))
+            return _explicit_replica(np.array(W0.T, order="C"), BT, A, lam, v,
+                                     teacher.vt, *common, Xtest, rng, o["G"], o["S"], o["A"], o["lam"], o["v"],
+                                     o["test"])
+        Gfull = np.block([[T, op["S" if student.is_modes else "R"].T],
+                          [op["S" if student.is_modes else "R"], op["Rm" if student.is_modes else "Q"]]])
+        return _gram_replica(np.ascontiguousarray(Gfull), N, M, A, lam, v, teacher.vt, *common, rng,
+                             o["G"], o["S"], o["A"], o["lam"], o["v"])
+
+    t0 = time.perf_counter()
+    if threads == 1 or replicas == 1:
+        div_steps = [run(k) for k in range(replicas)]
+    else:
+        with ThreadPoolExecutor(max_workers=min(threads, replicas)) as pool:
+            div_steps = list(pool.map(run, range(replicas)))
+    wall = time.perf_counter() - t0
+    return _assemble(student, teacher, method, record, outs, div_steps, T, act, seed, eta, rates, wall, test_set,
+                     max_norm, threads)
+
+
+def _assemble(student, teacher, method, record, outs, div_steps, T, act, seed, eta, rates, wall, test_set,
+              max_norm, threads):
+    N = student.N
+    series = {k: [] for k in ("eps_g", "Q", "R", "Rm", "S", "lam", "A", "v", "eps_test")}
+    for o in outs:
+        Q, R, eps = _eps_series(o["G"], o["S"], o["A"], o["lam"], o["v"], T, teacher.vt, act)
+        series["eps_g"].append(eps)
+        series["Q"].append(Q)
+        series["R"].append(R)
+        series["v"].append(o["v"])
+        series["eps_test"].append(o["test"])
+        if student.is_modes:
+            series["Rm"].append(o["G"])
+            series["S"].append(o["S"])
+            series["lam"].append(o["lam"])
+            series["A"].append(o["A"])
+    single = len(outs) == 1
+    arrays = {k: (None if not val else (val[0] if single else np.stack(val))) for k, val in series.items()}
+    if not test_set:
+        arrays["eps_test"] = None
+    diverged = np.array([s >= 0 for s in div_steps])
+    alpha_div = np.array([s / N if s >= 0 else np.nan for s in div_steps])
+    status = "diverged" if diverged.any() else "ok"
+    alpha = record / N
+    message = (f"{int(diverged.sum())} of {len(outs)} replicas diverged (first at alpha = {np.nanmin(alpha_div):.6g})"
+               if diverged.any() else f"simulated to alpha = {alpha[-1]:.6g}")
+    params = dict(N=N, K=student.K, M=teacher.M, p=student.p or 0, train=list(student.train), eta=eta, **rates,
+                  sigma=teacher.sigma, weight_decay=student.weight_decay, batch=student.batch,
+                  activation=student.activation, method=method, seed=seed, replicas=len(outs), vt=teacher.vt,
+                  T=T, wall_time=wall, max_norm=max_norm, test_set=test_set, threads=threads,
+                  form="modes" if student.is_modes else "full")
+    return Trajectory(alpha=alpha, steps=record.copy(), T=T.copy(), kind="sgd", params=params, status=status,
+                      message=message, nfev=int(record[-1]) * len(outs), diverged=diverged, alpha_diverged=alpha_div,
+                      **arrays)
