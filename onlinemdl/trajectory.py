@@ -92,6 +92,19 @@ class Trajectory:
         """Index of the grid point nearest to ``alpha``."""
         return int(np.argmin(np.abs(self.alpha - alpha)))
 
+    def to_hdf5(self, target, name: str = "trajectory", overwrite: bool = False):
+        """Store as the group ``name`` of ``target`` (a path, updated atomically, or an h5py Group);
+        see :func:`onlinemdl.storage.save_trajectory`."""
+        from .storage import save_trajectory
+        save_trajectory(self, target, name, overwrite)
+
+    @classmethod
+    def from_hdf5(cls, source, name: str | None = None) -> "Trajectory":
+        """Read a Trajectory back (``source`` a path or an h5py Group); see
+        :func:`onlinemdl.storage.load_trajectory`."""
+        from .storage import load_trajectory
+        return load_trajectory(source, name)
+
     def __eq__(self, other):
         if not isinstance(other, Trajectory):
             return NotImplemented
