@@ -58,23 +58,35 @@ def _backprop(s, u, C, v, vt, sigma, zeta, act, h, delta, d):
 
 
 @njit(cache=True, nogil=True)
-def _update_factors(A, lam, v, C, s, h, delta, err, scale, eta_lam, eta_A, eta_v, train_lam, train_A, train_v, act):
-    """O(1) factors: lam_mu -= (eta_lam/N) sum_i delta_i A_imu s_mu; A_imu -= (eta_A/N) delta_i lam_mu s_mu;
-    v_i -= (eta_v/N) err g(h_i). ``scale`` is 1/(N batch); gradients of a batch accumulate."""
-    K, r = C.shape
+def _accumulate_factor_gradients(A, lam, s, h, delta, err, act, gl, gA, gv):
+    """Add this sample's gradients of the O(1) factors: dL/dlam_mu = sum_i delta_i A_imu s_mu,
+    dL/dA_imu = delta_i lam_mu s_mu, dL/dv_i = err g(h_i)."""
+    K, r = A.shape
+    for a in range(r):
+        acc = 0.0
+        for i in range(K):
+            acc += delta[i] * A[i, a]
+            gA[i, a] += delta[i] * lam[a] * s[a]
+        gl[a] += acc * s[a]
+    for i in range(K):
+        gv[i] += err * g(h[i], act)
+
+
+@njit(cache=True, nogil=True)
+def _apply_factor_gradients(A, lam, v, C, gl, gA, gv, scale, eta_lam, eta_A, eta_v, train_lam, train_A, train_v):
+    """lam -= (eta_lam / N) g_lam, A -= (eta_A / N) g_A, v -= (eta_v / N) g_v (``scale`` = 1/(N batch));
+    then refresh ``C = A diag(lam)`` and clear the accumulators."""
     if train_lam:
-        for a in range(r):
-            acc = 0.0
-            for i in range(K):
-                acc += delta[i] * A[i, a]
-            lam[a] -= eta_lam * scale * acc * s[a]
+        lam -= eta_lam * scale * gl
     if train_A:
-        for i in range(K):
-            for a in range(r):
-                A[i, a] -= eta_A * scale * delta[i] * lam[a] * s[a]
+        A -= eta_A * scale * gA
     if train_v:
-        for i in range(K):
-            v[i] -= eta_v * scale * err * g(h[i], act)
+        v -= eta_v * scale * gv
+    gl[:] = 0.0
+    gA[:] = 0.0
+    gv[:] = 0.0
+    if train_lam or train_A:
+        _mixing(A, lam, C)
 
 
 @njit(cache=True, nogil=True)
@@ -87,115 +99,158 @@ def _mixing(A, lam, C):
 # --------------------------------------------------------------------------------------
 # Explicit engine
 # --------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
+def _sweep1(Wt, shrink, coef, xold, xnew, fields):
+    """:func:`_sweep` for a batch of one (vectorises over j)."""
+    r, N = Wt.shape
+    for a in range(r):
+        ca = coef[a]
+        acc = 0.0
+        for j in range(N):
+            w = Wt[a, j] * shrink - ca * xold[j]
+            Wt[a, j] = w
+            acc += w * xnew[j]
+        fields[a] = acc
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
+def _sweep(Wt, shrink, coef, Xold, Xnew, fields):
+    """Apply the pending update and compute the next fields in one pass over the weights:
+    w_a <- shrink w_a - sum_b coef_ba x_b (old inputs), then s_ba = w_a . x_b (new inputs)."""
+    r, N = Wt.shape
+    batch = Xnew.shape[0]
+    if batch == 1:
+        _sweep1(Wt, shrink, coef[0], Xold[0], Xnew[0], fields[0])
+        return
+    for a in range(r):
+        for b in range(batch):
+            fields[b, a] = 0.0
+        for j in range(N):
+            w = Wt[a, j] * shrink
+            for b in range(batch):
+                w -= coef[b, a] * Xold[b, j]
+            Wt[a, j] = w
+            for b in range(batch):
+                fields[b, a] += w * Xnew[b, j]
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
+def _dots(B, X, out):
+    """out[b, n] = B_n . x_b."""
+    for b in range(X.shape[0]):
+        for n in range(B.shape[0]):
+            acc = 0.0
+            for j in range(B.shape[1]):
+                acc += B[n, j] * X[b, j]
+            out[b, n] = acc
+
+
 @njit(cache=True, nogil=True)
-def _explicit_replica(WtT, BT, A, lam, v, vt, eta, eta_lam, eta_A, eta_v, sigma, wd, batch,
+def _explicit_replica(Wt, B, A, lam, v, vt, eta, eta_lam, eta_A, eta_v, sigma, wd, batch,
                       train_w, train_lam, train_A, train_v, act, record, max_q, Xtest, rng,
                       out_G, out_S, out_A, out_lam, out_v, out_test):
-    """Run one replica. ``WtT`` (N, r): trained vectors as columns; ``BT`` (N, M): teacher.
+    """Run one replica. ``Wt`` (r, N): trained N-dimensional vectors as rows; ``B`` (M, N).
 
+    The update of step t is fused with the forward pass of step t + 1 (:func:`_sweep`).
     Returns the step at which the replica diverged, or -1.
     """
-    N, r = WtT.shape
-    M = BT.shape[1]
+    r, N = Wt.shape
+    M = B.shape[0]
     K = A.shape[0]
     rs = 1.0 / math.sqrt(N)
     C = np.empty((K, r))
     _mixing(A, lam, C)
-    x = np.empty((batch, N))
-    s = np.empty(r)
-    u = np.empty(M)
+    Xnew = np.empty((batch, N))
+    Xold = np.zeros((batch, N))
+    S = np.empty((batch, r))
+    U = np.empty((batch, M))
     h = np.empty(K)
     delta = np.empty(K)
-    coef = np.empty((batch, r))
-    shrink = 1.0 - eta * wd / N
+    coef = np.zeros((batch, r))
+    gl, gA, gv = np.zeros(r), np.zeros((K, r)), np.zeros(K)
+    decay = 1.0 - eta * wd / N
+    shrink = 1.0
     step = 0
     for o in range(record.size):
         while step < record[o]:
             for b in range(batch):
-                s[:] = 0.0
-                u[:] = 0.0
-                for j in range(N):  # draw the input and accumulate the fields in one sweep
-                    xj = rng.standard_normal()
-                    x[b, j] = xj
-                    for a in range(r):
-                        s[a] += WtT[j, a] * xj
-                    for n in range(M):
-                        u[n] += BT[j, n] * xj
+                for j in range(N):
+                    Xnew[b, j] = rng.standard_normal()
+            _sweep(Wt, shrink, coef, Xold, Xnew, S)
+            _dots(B, Xnew, U)
+            for b in range(batch):
                 for a in range(r):
-                    s[a] *= rs
+                    S[b, a] *= rs
                 for n in range(M):
-                    u[n] *= rs
+                    U[b, n] *= rs
                 zeta = rng.standard_normal() if sigma > 0.0 else 0.0
-                err = _backprop(s, u, C, v, vt, sigma, zeta, act, h, delta, coef[b])
+                err = _backprop(S[b], U[b], C, v, vt, sigma, zeta, act, h, delta, coef[b])
                 if not math.isfinite(err):
                     return step
-                for a in range(r):
-                    coef[b, a] *= eta * rs / batch
-                _update_factors(A, lam, v, C, s, h, delta, err, 1.0 / (N * batch), eta_lam, eta_A, eta_v,
-                                train_lam, train_A, train_v, act)
-            if train_w:  # W_a <- (1 - eta kappa / N) W_a - (eta / b) sum_batch d_a x / sqrt(N)
-                for j in range(N):
-                    for a in range(r):
-                        acc = WtT[j, a] * shrink
-                        for b in range(batch):
-                            acc -= coef[b, a] * x[b, j]
-                        WtT[j, a] = acc
-            if train_lam or train_A:
-                _mixing(A, lam, C)
+                _accumulate_factor_gradients(A, lam, S[b], h, delta, err, act, gl, gA, gv)
+                for a in range(r):  # W_a -= (eta / b) d_a x / sqrt(N), applied in the next sweep
+                    coef[b, a] = coef[b, a] * eta * rs / batch if train_w else 0.0
+            _apply_factor_gradients(A, lam, v, C, gl, gA, gv, 1.0 / (N * batch), eta_lam, eta_A, eta_v,
+                                    train_lam, train_A, train_v)
+            Xnew, Xold = Xold, Xnew
+            shrink = decay if train_w else 1.0
             step += 1
-        # record Gram, overlaps, factors and test error
+        # flush the pending update, then record Gram, overlaps, factors and test error
+        for a in range(r):
+            for j in range(N):
+                w = Wt[a, j] * shrink
+                for b in range(batch):
+                    w -= coef[b, a] * Xold[b, j]
+                Wt[a, j] = w
+        shrink = 1.0
+        coef[:] = 0.0
         for a in range(r):
             for c in range(a, r):
-                acc = 0.0
-                for j in range(N):
-                    acc += WtT[j, a] * WtT[j, c]
-                out_G[o, a, c] = out_G[o, c, a] = acc / N
+                out_G[o, a, c] = out_G[o, c, a] = np.dot(Wt[a], Wt[c]) / N
             for n in range(M):
-                acc = 0.0
-                for j in range(N):
-                    acc += WtT[j, a] * BT[j, n]
-                out_S[o, a, n] = acc / N
+                out_S[o, a, n] = np.dot(Wt[a], B[n]) / N
         out_A[o] = A
         out_lam[o] = lam
         out_v[o] = v
         if Xtest.shape[0] > 0:
-            out_test[o] = _test_error(Xtest, WtT, BT, C, v, vt, act, s, u)
-        qmax = 0.0
-        for i in range(K):
-            acc = 0.0
-            for a in range(r):
-                for c in range(r):
-                    acc += C[i, a] * out_G[o, a, c] * C[i, c]
-            qmax = max(qmax, acc)
-        if not qmax < max_q:
+            out_test[o] = _test_error(Xtest, Wt, B, C, v, vt, act)
+        if not _max_q(C, out_G[o]) < max_q:
             return step
     return -1
 
 
 @njit(cache=True, nogil=True)
-def _test_error(X, WtT, BT, C, v, vt, act, s, u):
-    """0.5 mean over held-out inputs of (yhat - y_clean)^2."""
-    N = X.shape[1]
+def _max_q(C, G):
+    """max_i Q_ii with Q = C G C^T."""
+    qmax = 0.0
     K, r = C.shape
+    for i in range(K):
+        acc = 0.0
+        for a in range(r):
+            for c in range(r):
+                acc += C[i, a] * G[a, c] * C[i, c]
+        qmax = max(qmax, acc)
+    return qmax
+
+
+@njit(cache=True, nogil=True)
+def _test_error(X, Wt, B, C, v, vt, act):
+    """0.5 mean over held-out inputs of (yhat - y_clean)^2."""
+    n = X.shape[0]
+    S = np.empty((n, Wt.shape[0]))
+    U = np.empty((n, B.shape[0]))
+    _dots(Wt, X, S)
+    _dots(B, X, U)
+    rs = 1.0 / math.sqrt(X.shape[1])
     tot = 0.0
-    for t in range(X.shape[0]):
-        s[:] = 0.0
-        u[:] = 0.0
-        for j in range(N):
-            for a in range(r):
-                s[a] += WtT[j, a] * X[t, j]
-            for n in range(u.shape[0]):
-                u[n] += BT[j, n] * X[t, j]
+    for t in range(n):
         e = 0.0
-        for i in range(K):
-            acc = 0.0
-            for a in range(r):
-                acc += C[i, a] * s[a]
-            e += v[i] * g(acc / math.sqrt(N), act)
-        for n in range(u.shape[0]):
-            e -= vt[n] * g(u[n] / math.sqrt(N), act)
+        for i in range(C.shape[0]):
+            e += v[i] * g(np.dot(C[i], S[t]) * rs, act)
+        for m in range(B.shape[0]):
+            e -= vt[m] * g(U[t, m] * rs, act)
         tot += e * e
-    return 0.5 * tot / X.shape[0]
+    return 0.5 * tot / n
 
 
 # --------------------------------------------------------------------------------------
@@ -249,6 +304,7 @@ def _gram_replica(Gfull, N, M, A, lam, v, vt, eta, eta_lam, eta_A, eta_v, sigma,
     delta = np.empty(K)
     XX = np.empty((batch, batch))
     Wb = np.zeros((batch, batch))
+    gl, gA, gv = np.zeros(r), np.zeros((K, r)), np.zeros(K)
     tol_scale = 0.0
     for j in range(n):
         tol_scale = max(tol_scale, Gfull[j, j])
@@ -270,8 +326,7 @@ def _gram_replica(Gfull, N, M, A, lam, v, vt, eta, eta_lam, eta_A, eta_v, sigma,
                 err = _backprop(s, f[b, :M], C, v, vt, sigma, zeta, act, h, delta, d[b])
                 if not math.isfinite(err):
                     return step
-                _update_factors(A, lam, v, C, s, h, delta, err, 1.0 / (N * batch), eta_lam, eta_A, eta_v,
-                                train_lam, train_A, train_v, act)
+                _accumulate_factor_gradients(A, lam, s, h, delta, err, act, gl, gA, gv)
             if train_w:
                 # x_b . x_c = z_b . z_c + Wishart(N - rank) (Bartlett), exact for isotropic inputs
                 dof = N - rank
@@ -311,22 +366,15 @@ def _gram_replica(Gfull, N, M, A, lam, v, vt, eta, eta_lam, eta_A, eta_v, sigma,
                         val = shrink * Gfull[ia, m] - c1 * lin
                         Gfull[ia, m] = val
                         Gfull[m, ia] = val
-            if train_lam or train_A:
-                _mixing(A, lam, C)
+            _apply_factor_gradients(A, lam, v, C, gl, gA, gv, 1.0 / (N * batch), eta_lam, eta_A, eta_v,
+                                    train_lam, train_A, train_v)
             step += 1
         out_G[o] = Gfull[M:, M:]
         out_S[o] = Gfull[M:, :M]
         out_A[o] = A
         out_lam[o] = lam
         out_v[o] = v
-        qmax = 0.0
-        for i in range(K):
-            acc = 0.0
-            for a in range(r):
-                for c in range(r):
-                    acc += C[i, a] * Gfull[M + a, M + c] * C[i, c]
-            qmax = max(qmax, acc)
-        if not qmax < max_q:
+        if not _max_q(C, out_G[o]) < max_q:
             return step
     return -1
 
@@ -417,7 +465,6 @@ def simulate(student: Student, teacher: Teacher, *, eta, alpha_max=None, alpha=N
                  A=np.full((n_rec, K, r), np.nan), lam=np.full((n_rec, r), np.nan), v=np.full((n_rec, K), np.nan),
                  test=np.full(n_rec, np.nan)) for _ in range(replicas)]
 
-    BT = np.ascontiguousarray(teacher.B.T)
 
     def run(k):
         rng, o = streams[k], outs[k]
@@ -426,7 +473,7 @@ def simulate(student: Student, teacher: Teacher, *, eta, alpha_max=None, alpha=N
                   student.batch, *flags, act, record, max_q)
         if method == "explicit":
             Xtest = rng.standard_normal((test_set, N)) if test_set else np.empty((0, N))
-            return _explicit_replica(np.array(W0.T, order="C"), BT, A, lam, v,
+            return _explicit_replica(np.array(W0, order="C"), teacher.B, A, lam, v,
                                      teacher.vt, *common, Xtest, rng, o["G"], o["S"], o["A"], o["lam"], o["v"],
                                      o["test"])
         Gfull = np.block([[T, op["S" if student.is_modes else "R"].T],
