@@ -25,6 +25,8 @@ from .trajectory import Trajectory
 FORMAT_VERSION = 1
 #: Low bound HDF5 1.10: attributes of any size (dense attribute storage).
 LIBVER = ("v110", "latest")
+#: Arrays larger than this go to datasets even in attribute records (HDF5's compact attribute limit is 64 KiB).
+MAX_ATTR_BYTES = 16384
 #: Attribute that maps every key of a record to its type tag.
 TYPES = "onlinemdl_types"
 #: Names a record cannot use (the group's own attributes and the scan store's point parameters).
@@ -118,8 +120,9 @@ def _decode(tag, stored, sub=None):
 def write_record(group: h5py.Group, record: dict, arrays: str = "attrs", where: str = "record"):
     """Write a dict of values into ``group`` so that :func:`read_record` restores it exactly.
 
-    Scalars, strings, lists and tuples become attributes, arrays attributes (``arrays="attrs"``)
-    or datasets (``arrays="datasets"``), nested dicts subgroups; None is recorded by its tag only.
+    Scalars, strings, lists and tuples become attributes, arrays attributes (``arrays="attrs"``,
+    up to ``MAX_ATTR_BYTES``) or datasets (``arrays="datasets"`` and larger arrays), nested dicts
+    subgroups; None is recorded by its tag only.
     Supported: None, bool, int, float, complex, str, NumPy scalars and numeric, bool, bytes or
     str arrays, lists/tuples of one scalar type, lists of plain JSON values, dicts of these.
     """
@@ -132,7 +135,7 @@ def write_record(group: h5py.Group, record: dict, arrays: str = "attrs", where: 
         tags[key] = tag
         if tag == "dict":
             write_record(group.create_group(key), value, arrays, at)
-        elif tag.startswith("ndarray") and arrays == "datasets":
+        elif tag.startswith("ndarray") and (arrays == "datasets" or stored.nbytes > MAX_ATTR_BYTES):
             group.create_dataset(key, data=stored)
         elif stored is not None:
             group.attrs[key] = stored
