@@ -1,4 +1,6 @@
-"""Hidden-unit activations g(z) and their derivatives g'(z), elementwise on arrays."""
+"""Hidden-unit activations g(z) and their derivatives g'(z), elementwise on arrays.
+
+A derivative may come back as a boolean mask (ReLU): use it as a factor, ``dh * g'(z)``."""
 import numpy as np
 from scipy.special import erf
 
@@ -11,7 +13,7 @@ def _relu(z):
 
 
 def _drelu(z):
-    return (z > 0).astype(z.dtype)
+    return z > 0  # a mask: multiplying by it is g'(z)
 
 
 def _tanh(z):

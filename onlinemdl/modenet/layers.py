@@ -11,6 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
+def _scaled(a, s):
+    """``s a``, in place on the fresh product ``a``."""
+    if s != 1.0:
+        a *= s
+    return a
+
+
 #: spec "type" -> the names of the layer's parameters (besides the bias "b")
 FACTORS = {
     "dense": ("W",),
@@ -34,19 +41,17 @@ class Dense:
 
     def forward(self, x):
         self.x = x
-        z = x @ self.W.T  # z = s x W^T + b
-        if self.s != 1.0:
-            z *= self.s
+        z = _scaled(x @ self.W.T, self.s)  # z = s x W^T + b
         if self.b is not None:
             z += self.b
         return z
 
     def backward(self, dz, need_dx=True):
         sp, s = self.spec, self.s
-        grads = [(sp["W"], s * (dz.T @ self.x))]  # dW = s dz^T x
+        grads = [(sp["W"], _scaled(dz.T @ self.x, s))]  # dW = s dz^T x
         if self.b is not None:
             grads.append((sp["b"], dz.sum(axis=0)))
-        dx = s * (dz @ self.W) if need_dx else None  # dx = s dz W
+        dx = _scaled(dz @ self.W, s) if need_dx else None  # dx = s dz W
         return dx, grads
 
     def penalty(self):
@@ -69,9 +74,7 @@ class Modes:
 
     def forward(self, x):
         self.x = x
-        u = x @ self.xi_in  # u = s x xi_in  (mode fields)
-        if self.s != 1.0:
-            u *= self.s
+        u = _scaled(x @ self.xi_in, self.s)  # u = s x xi_in  (mode fields)
         self.u = u
         self.ul = u * self.lam
         z = self.ul @ self.xi_out.T  # z = (u lam) xi_out^T + b
@@ -85,12 +88,12 @@ class Modes:
         gl = g * self.lam
         grads = [
             (sp["xi_out"], dz.T @ self.ul),  # d xi_out = dz^T (u lam)
-            (sp["lam"], np.einsum("bi,bi->i", g, self.u)),  # d lam_a = sum_b g_ba u_ba
-            (sp["xi_in"], s * (self.x.T @ gl)),  # d xi_in = s x^T (g lam)
+            (sp["lam"], (g * self.u).sum(axis=0)),  # d lam_a = sum_b g_ba u_ba
+            (sp["xi_in"], _scaled(self.x.T @ gl, s)),  # d xi_in = s x^T (g lam)
         ]
         if self.b is not None:
             grads.append((sp["b"], dz.sum(axis=0)))
-        dx = s * (gl @ self.xi_in.T) if need_dx else None  # dx = s (g lam) xi_in^T
+        dx = _scaled(gl @ self.xi_in.T, s) if need_dx else None  # dx = s (g lam) xi_in^T
         return dx, grads
 
     def penalty(self):
@@ -112,9 +115,7 @@ class LowRank:
 
     def forward(self, x):
         self.x = x
-        u = x @ self.V  # u = s x V
-        if self.s != 1.0:
-            u *= self.s
+        u = _scaled(x @ self.V, self.s)  # u = s x V
         self.u = u
         z = u @ self.U.T  # z = u U^T + b
         if self.b is not None:
@@ -124,10 +125,10 @@ class LowRank:
     def backward(self, dz, need_dx=True):
         sp, s = self.spec, self.s
         g = dz @ self.U  # g = dz U
-        grads = [(sp["U"], dz.T @ self.u), (sp["V"], s * (self.x.T @ g))]  # dU = dz^T u, dV = s x^T g
+        grads = [(sp["U"], dz.T @ self.u), (sp["V"], _scaled(self.x.T @ g, s))]  # dU = dz^T u, dV = s x^T g
         if self.b is not None:
             grads.append((sp["b"], dz.sum(axis=0)))
-        dx = s * (g @ self.V.T) if need_dx else None  # dx = s g V^T
+        dx = _scaled(g @ self.V.T, s) if need_dx else None  # dx = s g V^T
         return dx, grads
 
     def penalty(self):

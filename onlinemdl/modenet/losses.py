@@ -15,12 +15,12 @@ def cross_entropy(z, y):
     """L = -(1/B) sum_b ln p_(b, y_b), dL/dz = (p - onehot(y)) / B, for integer labels ``y``."""
     B = z.shape[0]
     zs = z - z.max(axis=1, keepdims=True)
-    logsum = np.log(np.exp(zs).sum(axis=1))
+    e = np.exp(zs)
+    total = e.sum(axis=1)
     rows = np.arange(B)
-    loss = float(np.mean(logsum - zs[rows, y]))
-    dz = np.exp(zs - logsum[:, None])
-    dz[rows, y] -= 1
-    dz /= B
+    loss = float(np.mean(np.log(total) - zs[rows, y]))
+    dz = e / (B * total[:, None])  # p / B
+    dz[rows, y] -= 1.0 / B
     return loss, dz
 
 

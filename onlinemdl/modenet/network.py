@@ -247,7 +247,7 @@ class Network:
         pairs = []
         for l in range(self.depth - 1, -1, -1):
             if l < self.depth - 1:
-                dz = dz * self._acts[l][1](self._pre[l])  # dL/dz^l = dL/dh^l g'(z^l)
+                dz *= self._acts[l][1](self._pre[l])  # dL/dz^l = dL/dh^l g'(z^l)
             dz, g = self.layers[l].backward(dz, need_dx=l > 0)
             pairs += g
         pen, gpen = self.penalty()

@@ -1,0 +1,95 @@
+"""Speed of the NumPy mode network on the digits.
+
+1. Time per epoch (Adam, batch 32) of the mode network and of the dense baseline at equal width.
+2. Time of one forward + backward pass against the floor: the same matrix products, on arrays of
+   the same shapes, done once by NumPy with nothing else (target: within 1.5x of the floor).
+
+Run: python benchmarks/bench_modenet.py [--quick]
+"""
+import argparse
+import os
+import time
+
+import numpy as np
+
+from onlinemdl.modenet import Network, digits, fit
+
+
+def calls_for(fn, seconds=0.05):
+    """Number of calls of ``fn`` that take about ``seconds``."""
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+    return n
+
+
+def best_times(fns, repeat=15):
+    """Least mean wall time of each function, rounds interleaved so that they share the machine's load."""
+    counts = [calls_for(f) for f in fns]
+    best = [np.inf] * len(fns)
+    for _ in range(repeat):
+        for i, (f, n) in enumerate(zip(fns, counts)):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            best[i] = min(best[i], (time.perf_counter() - t0) / n)
+    return best
+
+
+def product_shapes(net, B):
+    """Shapes (a, b, c) of every (a x b) @ (b x c) product of one forward + backward pass."""
+    shapes = []
+    for l, (spec, layer) in enumerate(zip(net.specs, net.layers)):
+        n_out, n_in = layer.weight().shape
+        if spec["type"] == "dense":
+            shapes += [(B, n_in, n_out), (n_out, B, n_in)] + ([(B, n_out, n_in)] if l else [])
+        else:  # modes, lowrank, svd: rank p
+            p = (layer.lam if hasattr(layer, "lam") else layer.U[0]).shape[0]
+            shapes += [(B, n_in, p), (B, p, n_out), (B, n_out, p), (n_out, B, p), (n_in, B, p)]
+            shapes += [(B, p, n_in)] if l else []
+    return shapes
+
+
+def floor_products(net, B):
+    """The pass's matrix products alone, on C-contiguous operands of the same shapes and dtype."""
+    rng = np.random.default_rng(0)
+    ops = [(rng.standard_normal((a, b)).astype(net.dtype), rng.standard_normal((b, c)).astype(net.dtype))
+           for a, b, c in product_shapes(net, B)]
+
+    def products():
+        for x, y in ops:
+            x @ y
+    return products
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer epochs and sizes")
+    args = ap.parse_args()
+    d = digits()
+    width, p, epochs = 256, 32, 2 if args.quick else 5
+    print(f"digits: {len(d.X_train)} training images; network 64-{width}-{width}-10, p = {p}; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores\n")
+    print("time per epoch (Adam, batch 32, float64)")
+    print(f"{'kind':>14} {'params':>8} {'s/epoch':>9} {'vs dense':>9} {'test acc':>9}")
+    rows = {}
+    for kind in ("dense", "modes", "modes-untied", "lowrank", "svd"):
+        net = Network.build([64, width, width, 10], kind=kind, p=p, seed=0)
+        h = fit(net, d.X_train, d.y_train, epochs=epochs, batch_size=32, lr=3e-3, X_test=d.X_test, y_test=d.y_test)
+        rows[kind] = np.median(h.seconds)
+        print(f"{kind:>14} {net.n_params():>8} {rows[kind]:>9.4f} {rows[kind] / rows['dense']:>9.2f} {h.test_acc[-1]:>9.3f}")
+    print("\nforward + backward pass against the floor (the same matrix products alone)")
+    print(f"{'kind':>14} {'dtype':>8} {'batch':>6} {'pass ms':>9} {'floor ms':>9} {'ratio':>7}")
+    batches = (32, 256) if args.quick else (32, 256, 1347)
+    for kind in ("modes", "dense"):
+        for dtype in ("float64", "float32"):
+            net = Network.build([64, width, width, 10], kind=kind, p=p, seed=0, dtype=dtype)
+            for B in batches:
+                X, y = d.X_train[:B].astype(dtype), d.y_train[:B]
+                t_pass, t_floor = best_times([lambda: net.loss_and_grad(X, y), floor_products(net, B)])
+                print(f"{kind:>14} {dtype:>8} {B:>6} {1e3 * t_pass:>9.3f} {1e3 * t_floor:>9.3f} {t_pass / t_floor:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
