@@ -6,8 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from onlinemdl.modenet import (KINDS, SGD, Adam, Network, digits, fit, mnist, read_idx, schedule, xor_dataset,
-                               xor_mixture)
+from scipy.special import erf
+
+import onlinemdl as om
+from onlinemdl.modenet import (KINDS, SGD, Adam, Network, digits, fit, mnist, read_idx, schedule, teacher_student,
+                               xor_dataset, xor_mixture)
 from onlinemdl.modenet import io
 from onlinemdl.modenet.train import train_model
 
@@ -238,3 +241,14 @@ def test_xor_mixture_and_its_2_3_1_mode_network():
     net, h = train_model(data, [3], kind="modes", p=3, activation="tanh", epochs=60, lr=1e-2, seed=1)
     assert net.meta["widths"] == [2, 3, 1] and net.meta["p"] == [3, 3]
     assert h.test_acc[-1] > 0.9
+
+
+def test_teacher_student_data():
+    teacher = om.Teacher.random(N=30, M=3, rng=0, sigma=0.0)
+    X, y = teacher_student(teacher, 500, seed=1)
+    assert X.shape == (500, 30) and y.shape == (500, 1)
+    np.testing.assert_allclose(y[:, 0], erf(X @ teacher.B.T / np.sqrt(30) / np.sqrt(2)) @ teacher.vt)
+    assert abs(X.mean()) < 0.02 and X.var() == pytest.approx(1.0, rel=0.03)
+    noisy = om.Teacher(teacher.B, sigma=0.5)
+    _, y_noisy = teacher_student(noisy, 500, seed=1)
+    assert np.std(y_noisy - y) == pytest.approx(0.5, rel=0.15)
