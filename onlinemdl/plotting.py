@@ -1,0 +1,197 @@
+"""The standard figures of the on-line dynamics (matplotlib; each function returns the Figure).
+
+Figures are built with :class:`matplotlib.figure.Figure` directly, not through pyplot, so they
+work headless and leave no global state; in a notebook the returned Figure displays itself.
+Colours are the colour-blind-safe Okabe-Ito palette (cividis beyond eight lines) and the
+diverging ColorBrewer ``PuOr`` map for signed overlaps.
+"""
+from __future__ import annotations
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from . import analysis
+from .trajectory import Trajectory
+
+#: Okabe & Ito (2008) colour-blind-safe palette (black last; yellow late, it is pale on white).
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442", "#000000")
+ALPHA_LABEL = r"$\alpha$ = steps / $N$ (examples per input dimension)"
+PLATEAU_COLOR = "0.88"
+
+
+def palette(n: int) -> list:
+    """``n`` colour-blind-safe colours: Okabe-Ito up to 8, cividis samples beyond."""
+    if n <= len(OKABE_ITO):
+        return list(OKABE_ITO[:n])
+    return [colormaps["cividis"](x) for x in np.linspace(0.0, 0.9, n)]
+
+
+def _axes(ax, ncols=1, width=5.0, height=3.8):
+    if ax is not None:
+        return ax.figure, [ax]
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    return fig, list(np.atleast_1d(fig.subplots(1, ncols)))
+
+
+def _positive(alpha, *arrays):
+    """Drop alpha = 0 (and below) for a logarithmic alpha axis."""
+    keep = alpha > 0
+    return (alpha[keep],) + tuple(a[..., keep] for a in arrays)
+
+
+def _shade(ax, plateaus):
+    for k, p in enumerate(plateaus):
+        ax.axvspan(p.start, p.end, color=PLATEAU_COLOR, zorder=0, lw=0, label="plateau" if k == 0 else None)
+
+
+def _plateaus(traj, plateaus):
+    if plateaus is True:
+        return list(analysis.find_plateaus(traj))
+    if plateaus is False or plateaus is None:
+        return []
+    return list(plateaus)
+
+
+def _default_label(traj):
+    if traj.kind == "ode":
+        return "ODE"
+    n = traj.replicas
+    return f"{traj.kind.upper() if traj.kind == 'sgd' else traj.kind} ({n} replica{'s' if n > 1 else ''})"
+
+
+def plot_eps_g(trajectories, labels=None, plateaus=True, ax=None) -> Figure:
+    """Learning curves ``eps_g(alpha)``, log-log.
+
+    ODE trajectories are drawn as lines, simulations as the replica mean with a band of one
+    standard error of the mean (one replica: a thin line).
+
+    Parameters
+    ----------
+    trajectories : a Trajectory or a sequence of them.
+    labels : legend labels (default: "ODE", "SGD (n replicas)").
+    plateaus : True shades the plateaus of the first trajectory (:func:`~onlinemdl.analysis.find_plateaus`);
+        a PlateauSearch or list of Plateau shades those; False none.
+    ax : draw into this Axes instead of a new figure.
+    """
+    trajs = [trajectories] if isinstance(trajectories, Trajectory) else list(trajectories)
+    if not trajs:
+        raise ValueError("trajectories must hold at least one Trajectory")
+    if labels is not None and len(labels) != len(trajs):
+        raise ValueError(f"labels must have one entry per trajectory ({len(trajs)}), got {len(labels)}")
+    fig, (ax,) = _axes(ax)
+    _shade(ax, _plateaus(trajs[0], plateaus))
+    for k, (t, color) in enumerate(zip(trajs, palette(len(trajs)))):
+        label = labels[k] if labels is not None else _default_label(t)
+        if t.eps_g.ndim == 2 and t.replicas > 1:
+            mean, sem = t.mean().eps_g, t.sem().eps_g
+            a, mean, sem = _positive(t.alpha, mean, sem)
+            ax.fill_between(a, np.maximum(mean - sem, mean * 1e-3), mean + sem, color=color, alpha=0.3, lw=0)
+            ax.plot(a, mean, "o", ms=3, color=color, label=f"{label}, mean $\\pm$ s.e.m.")
+        else:
+            a, eps = _positive(t.alpha, t.eps_g if t.eps_g.ndim == 1 else t.eps_g[0])
+            ode = t.kind == "ode"
+            ax.plot(a, eps, "-" if ode else "-.", lw=2 if ode else 1, color=color, label=label, zorder=3 if ode else 2)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(ALPHA_LABEL)
+    ax.set_ylabel(r"generalisation error $\epsilon_g$")
+    ax.legend(frameon=False)
+    return fig
+
+
+def plot_overlaps(traj: Trajectory, alphas, replica=0, match=True) -> Figure:
+    """Heat maps of the normalised overlaps ``R_in / sqrt(Q_ii T_nn)`` at chosen alphas.
+
+    ``match=True`` orders the teacher columns by the optimal final matching, so that a
+    specialized student shows a diagonal. ``replica``: which replica of a simulation.
+    """
+    alphas = np.atleast_1d(np.asarray(alphas, float))
+    if alphas.size == 0:
+        raise ValueError("alphas must hold at least one value")
+    spec = analysis.specialization(traj, replica=replica)
+    r = spec.overlaps
+    K, M = r.shape[1:]
+    cols = np.arange(M)
+    if match:
+        matched = [m for m in spec.matching if m >= 0]
+        cols = np.array(matched + [n for n in range(M) if n not in matched])
+    fig, axes = _axes(None, ncols=alphas.size, width=2.6 + 0.25 * M, height=2.8 + 0.25 * K)
+    for ax, a in zip(axes, alphas):
+        i = traj.at(a)
+        im = ax.imshow(r[i][:, cols], cmap="PuOr", vmin=-1, vmax=1)
+        ax.set_title(rf"$\alpha$ = {traj.alpha[i]:.3g}")
+        ax.set_xticks(range(M), [str(c) for c in cols])
+        ax.set_yticks(range(K))
+        ax.set_xlabel("teacher node $n$")
+        if K * M <= 64:
+            for (s, n), val in np.ndenumerate(r[i][:, cols]):
+                ax.text(n, s, f"{val:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if abs(val) > 0.6 else "black")
+    axes[0].set_ylabel("student node $i$")
+    fig.colorbar(im, ax=axes, shrink=0.85, label=r"$R_{in} / \sqrt{Q_{ii} T_{nn}}$")
+    return fig
+
+
+def plot_specialization(traj: Trajectory, replica=0, threshold=0.5) -> Figure:
+    """Specialization index and progress of each student node against alpha.
+
+    Left: index (largest minus second-largest normalised overlap), with the threshold and each
+    node's ``alpha_specialized``; right: progress towards the matched teacher node (sudden rise:
+    classic specialization; spread over decades: continuous).
+    """
+    spec = analysis.specialization(traj, threshold=threshold, replica=replica)
+    fig, (ax0, ax1) = _axes(None, ncols=2)
+    a, index, progress = _positive(spec.alpha, spec.index.T, spec.progress.T)
+    colors = palette(index.shape[0])
+    for i, color in enumerate(colors):
+        m = spec.matching[i]
+        label = f"node {i}" + (f" → teacher {m}" if m >= 0 else "")
+        ax0.plot(a, index[i], color=color, lw=1.5, label=label)
+        ax1.plot(a, progress[i], color=color, lw=1.5, label=label)
+        if np.isfinite(spec.alpha_specialized[i]):
+            ax0.axvline(spec.alpha_specialized[i], color=color, ls=":", lw=1)
+    ax0.axhline(threshold, color="0.5", ls="--", lw=1, label=f"threshold {threshold:g}")
+    ax0.set_ylabel("specialization index\n(largest − second-largest overlap)")
+    ax1.set_ylabel("progress to matched teacher node")
+    for ax in (ax0, ax1):
+        ax.set_xscale("log")
+        ax.set_xlabel(ALPHA_LABEL)
+    ax0.legend(frameon=False, fontsize="small")
+    return fig
+
+
+def plot_modes(traj: Trajectory, teacher=None, P=None, plateaus=True, replica=None) -> Figure:
+    """Mode strengths and the mode-resolved learning against alpha (mode students, K = M).
+
+    Left: ``|lam_mu|`` of each mode (the strengths of ``P = A L^2 A^T`` when the trajectory has
+    no ``lam``); right: the student-teacher overlap along each eigenvector of ``P``
+    (:func:`~onlinemdl.analysis.mode_picture`), with the plateaus shaded.
+    """
+    pic = analysis.mode_picture(traj, teacher=teacher, P=P, replica=replica)
+    fig, (ax0, ax1) = _axes(None, ncols=2)
+    if pic.lam is not None:
+        a, lam = _positive(pic.alpha, np.abs(pic.lam).T)
+        ylabel = r"mode strength $|\lambda_\mu|$"
+        names = [rf"$\mu$ = {mu}" for mu in range(lam.shape[0])]
+    else:
+        a, lam = _positive(pic.alpha, pic.strength.T)
+        ylabel = r"eigenvalue of $P = A \Lambda^2 A^T$"
+        names = [f"direction {k}" for k in range(lam.shape[0])]
+    for y, name, color in zip(lam, names, palette(lam.shape[0])):
+        ax0.plot(a, y, color=color, lw=1.5, label=name)
+    ax0.set_ylabel(ylabel)
+    _shade(ax1, _plateaus(traj, plateaus))
+    a, overlap = _positive(pic.alpha, pic.overlap.T)
+    for k, (y, color) in enumerate(zip(overlap, palette(overlap.shape[0]))):
+        ax1.plot(a, y, color=color, lw=1.5, label=rf"$u_{k}$, $P$-eigenvalue {pic.strength[-1, k]:.3g}")
+    ax1.axhline(pic.learned, color="0.5", ls="--", lw=1)
+    ax1.set_ylabel(r"overlap along $u_k$: $u^T R u / \sqrt{u^T Q u \; u^T T u}$")
+    for ax in (ax0, ax1):
+        ax.set_xscale("log")
+        ax.set_xlabel(ALPHA_LABEL)
+        ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+__all__ = ["OKABE_ITO", "palette", "plot_eps_g", "plot_overlaps", "plot_specialization", "plot_modes"]
