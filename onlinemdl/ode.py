@@ -82,15 +82,14 @@ def field_averages(Sig, K, c, sigma, act):
             acc = 0.0
             for k in range(n):
                 sak, sbk = Sig[a, k], Sig[b, k]
-                part = 0.0
-                for l in range(k, n):
+                ak, bk = sak * sbb, sbk * saa
+                u, w = l4 * Sig[k, k] - sbk * bk - sak * ak + 2.0 * sab * sak * sbk, rs[k]
+                part = 0.5 * c[k] * math.asin(min(1.0, max(-1.0, u * w * w)))
+                for l in range(k + 1, n):
                     sal, sbl = Sig[a, l], Sig[b, l]
-                    l0 = l4 * Sig[k, l] - sbk * sbl * saa - sak * sal * sbb + sab * (sak * sbl + sal * sbk)
-                    x = l0 * rs[k] * rs[l]
-                    x = 1.0 if x > 1.0 else (-1.0 if x < -1.0 else x)
-                    w = c[l] if l == k else 2.0 * c[l]
-                    part += w * math.asin(x)
-                acc += c[k] * part
+                    l0 = l4 * Sig[k, l] - bk * sbl - ak * sal + sab * (sak * sbl + sal * sbk)
+                    part += c[l] * math.asin(min(1.0, max(-1.0, l0 * w * rs[l])))
+                acc += 2.0 * c[k] * part
             acc *= _4PI2 / math.sqrt(l4 + 1e-300)
             acc += sigma * sigma * J2(Sig[a, a], Sig[b, b], sab, act)
             D[a, b] = D[b, a] = c[a] * c[b] * acc
@@ -349,9 +348,8 @@ class OdeSystem:
                      weight_decay=_rate("weight_decay", weight_decay, 0.0), batch=int(batch),
                      activation=activation, A=A, lam=lam, p=p)
         activation_code(activation)
-        if form == "reduced":
-            C = A * lam
-            system.P = C @ C.T
+        C = A * lam if form == "reduced" else np.eye(K)
+        system.P = np.ascontiguousarray(C @ C.T)  # P = A L^2 A^T multiplies the full-weight terms
         return system
 
     # ---- state layout ----------------------------------------------------------------
@@ -411,16 +409,15 @@ class OdeSystem:
     def rhs(self, y) -> np.ndarray:
         """d state / d alpha."""
         self.nrhs += 1
-        y = np.ascontiguousarray(y, dtype=float)
+        y = np.ascontiguousarray(y, dtype=np.float64)
         inv_b = 1.0 / self.batch
         tv = "v" in self.train
         if self.form == "modes":
             return rhs_modes(y, self.K, self.M, self.p, self.T, self.vt, self.v, self.A, self.lam, self.eta,
                              self.eta_lam, self.eta_A, self.eta_v, self.sigma, self.weight_decay, inv_b,
                              "xi" in self.train, "lam" in self.train, "A" in self.train, tv, self.act)
-        P = np.eye(self.K) if self.P is None else self.P
         train_w = "w" in self.train or "xi" in self.train
-        return rhs_full(y, self.K, self.M, self.T, self.vt, self.v, P, self.eta, self.eta_v, self.sigma,
+        return rhs_full(y, self.K, self.M, self.T, self.vt, self.v, self.P, self.eta, self.eta_v, self.sigma,
                         self.weight_decay, inv_b, train_w, tv, self.act)
 
     def jacobian(self, y, rel_step=None, central=True) -> np.ndarray:
@@ -595,9 +592,8 @@ def _run_euler(system, y0, alpha, dt, max_q):
                             system.lam, system.eta, system.eta_lam, system.eta_A, system.eta_v, system.sigma,
                             system.weight_decay, inv_b, "xi" in system.train, "lam" in system.train,
                             "A" in system.train, tv, system.act, max_q)
-    P = np.eye(system.K) if system.P is None else system.P
     tw = "w" in system.train or "xi" in system.train
-    return _euler_full(y0, alpha, dt, system.K, system.M, system.T, system.vt, system.v, P, system.eta,
+    return _euler_full(y0, alpha, dt, system.K, system.M, system.T, system.vt, system.v, system.P, system.eta,
                        system.eta_v, system.sigma, system.weight_decay, inv_b, tw, tv, system.act, max_q)
 
 
