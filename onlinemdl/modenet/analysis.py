@@ -72,6 +72,8 @@ def plot_accuracy_vs_modes(result, target=0.95):
         ax[0, 0].errorbar(result["p"], a.mean(axis=1), yerr=a.std(axis=1), color=colors[i], marker="o", label=f"N={N}")
         ax[0, 0].axhline(result["dense"][i].mean(), color=colors[i], ls="--", lw=0.8)
     ax[0, 0].set(xlabel="modes p", ylabel="test accuracy", xscale="log")
+    ax[0, 0].set_xticks(result["p"], [str(p) for p in result["p"]], minor=False)
+    ax[0, 0].set_xticks([], minor=True)
     ax[0, 0].legend()
     p_min = least_modes(result, target)
     fit = fit_log(result["N"], p_min)
@@ -81,6 +83,8 @@ def plot_accuracy_vs_modes(result, target=0.95):
         ax[0, 1].plot(NN, fit["a"] + fit["b"] * np.log(NN), "-",
                       label=f"{fit['a']:.2f} + {fit['b']:.2f} ln N  (R²={fit['r2']:.3f})")
     ax[0, 1].set(xlabel="width N", ylabel="p_min", xscale="log")
+    ax[0, 1].set_xticks(result["N"], [str(n) for n in result["N"]], minor=False)
+    ax[0, 1].set_xticks([], minor=True)
     ax[0, 1].legend()
     return fig
 
@@ -248,6 +252,8 @@ def plot_representations(compact, disent=None):
         ax[0, 1].plot(r["layer"], r["n_pc"], "o-", label=name)
         if disent:
             ax[0, 2].plot(disent[name]["layer"], disent[name]["D"], "o-", label=name)
+    for a in ax[0]:
+        a.set_xticks(next(iter(compact.values()))["layer"])
     ax[0, 0].set(xlabel="layer (0 = input)", ylabel="participation ratio")
     ax[0, 1].set(xlabel="layer (0 = input)", ylabel="PCs for 90% variance")
     if disent:
