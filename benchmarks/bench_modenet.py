@@ -4,7 +4,10 @@
 2. Time of one forward + backward pass against the floor: the same matrix products, on arrays of
    the same shapes, done once by NumPy with nothing else (target: within 1.5x of the floor).
 
-Run: python benchmarks/bench_modenet.py [--quick]
+Run: python benchmarks/bench_modenet.py [--quick] [--threads N]
+
+BLAS runs on ``--threads`` threads (default 1, through threadpoolctl when installed): the
+products here are small, and a multi-threaded BLAS on a busy machine makes timings erratic.
 """
 import argparse
 import os
@@ -66,11 +69,23 @@ def floor_products(net, B):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer epochs and sizes")
+    ap.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1)")
     args = ap.parse_args()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print("threadpoolctl not installed: BLAS threads as set by the environment")
+        run(args)
+    else:
+        with threadpool_limits(limits=args.threads, user_api="blas"):
+            run(args)
+
+
+def run(args):
     d = digits()
     width, p, epochs = 256, 32, 2 if args.quick else 5
     print(f"digits: {len(d.X_train)} training images; network 64-{width}-{width}-10, p = {p}; "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores\n")
+          f"BLAS threads {args.threads}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores\n")
     print("time per epoch (Adam, batch 32, float64)")
     print(f"{'kind':>14} {'params':>8} {'s/epoch':>9} {'vs dense':>9} {'test acc':>9}")
     rows = {}
