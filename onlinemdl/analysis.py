@@ -213,13 +213,18 @@ def plateaus_in(alpha, eps, *, flat=0.6, drop=1.0, min_span=0.2, smooth=0.05, fl
     a, e, s = decay_exponent(alpha, eps, smooth=smooth, floor=floor)
     criterion = dict(flat=flat, drop=drop, min_span=min_span, smooth=smooth, floor=floor)
 
+    def crossing(i):
+        """alpha where s passes ``flat`` between grid points i and i + 1 (log-interpolated)."""
+        if i < 0 or i + 1 >= s.size or s[i] == s[i + 1]:
+            return float(a[min(max(i, 0), s.size - 1)])
+        f = min(max((flat - s[i]) / (s[i + 1] - s[i]), 0.0), 1.0)
+        return float(a[i] * (a[i + 1] / a[i]) ** f)
+
     def plateau(i0, i1):
         j = i0 + int(np.argmin(s[i0:i1 + 1]))
-        return Plateau(start=float(a[i0]), end=float(a[i1]), level=float(e[j]), length=float(a[i1] - a[i0]),
-                       center=float(a[j]), slope=float(s[j]))
-
-    def long_enough(i0, i1):
-        return np.log10(a[i1] / a[i0]) >= min_span
+        start, end = crossing(i0 - 1), crossing(i1)
+        return Plateau(start=start, end=end, level=float(e[j]), length=end - start, center=float(a[j]),
+                       slope=float(s[j]))
 
     found, state, i0, i1 = [], "start", 0, 0
     for i, si in enumerate(s):
@@ -227,19 +232,22 @@ def plateaus_in(alpha, eps, *, flat=0.6, drop=1.0, min_span=0.2, smooth=0.05, fl
             if si < flat:
                 i1 = i
             elif si > drop:
-                if long_enough(i0, i1):
-                    found.append(plateau(i0, i1))
+                p = plateau(i0, i1)
+                if p.decades >= min_span:
+                    found.append(p)
                 state = "descent"
         elif si > drop:
             state = "descent"
         elif state == "descent" and si < flat:
             state, i0, i1 = "flat", i, i
-    final = plateau(i0, i1) if state == "flat" and long_enough(i0, i1) else None
+    final = plateau(i0, i1) if state == "flat" else None
+    if final is not None and final.decades < min_span:
+        final = None
     steep = np.nonzero(s > drop)[0]
     onset = math.nan
     if steep.size:
         before = np.nonzero(s[:steep[0]] < flat)[0]
-        onset = float(a[before[-1]] if before.size else a[0])
+        onset = crossing(before[-1]) if before.size else float(a[0])
     return PlateauSearch(plateaus=found, final=final, onset=onset, alpha=a, eps=e, exponent=s,
                          criterion=criterion)
 
