@@ -92,9 +92,9 @@ def run_simulation(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-
     ``params["spec"]`` of the returned Trajectory records every argument. In a scan over
     processes, set ``threads=1`` to keep one thread per process.
     """
+    spec = dict(locals())
     from .sgd import simulate
 
-    spec = dict(locals())
     t, s = networks(**{k: spec[k] for k in NETWORK_PARAMS})
     traj = simulate(s, t, eta=eta, eta_lam=eta_lam, eta_A=eta_A, eta_v=eta_v, alpha_max=alpha_max, points=points,
                     replicas=replicas, seed=seed, method=method, threads=threads)
@@ -291,7 +291,7 @@ def _check_signature(run, name, points):
         try:
             sig.bind(**p)
         except TypeError as err:
-            raise ValueError(f"grid: {name} does not take the parameters {sorted(p)}: {err}") from None
+            raise ValueError(f"grid: {name}: {err}") from None
 
 
 def scan(grid, run=None, store="scan.h5", *, fixed=None, executor=None, workers=None, progress=True) -> ScanResult:
@@ -340,7 +340,8 @@ def _execute(run, todo, store, bar, executor, workers):
         return
     own = executor is None
     if own:
-        executor = ProcessPoolExecutor(workers or os.cpu_count(), mp_context=multiprocessing.get_context("spawn"))
+        executor = ProcessPoolExecutor(min(workers or os.cpu_count(), len(todo)),
+                                       mp_context=multiprocessing.get_context("spawn"))
     elif hasattr(executor, "get_executor"):  # a distributed.Client
         executor = executor.get_executor()
     futures, ok = {}, False

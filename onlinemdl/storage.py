@@ -346,6 +346,7 @@ class ScanStore:
         self.path = Path(path)
         self.journal = self.path.with_name(self.path.name + ".journal")
         self._lock = None
+        self._definition = None  # to record at the next merge
         self._unmerged = 0
         self._merged = 0
 
@@ -388,7 +389,11 @@ class ScanStore:
 
     # ---- writing ---------------------------------------------------------------------
     def open(self, definition: dict):
-        """Start writing: take the lock, finish an interrupted writer's merge, record ``definition``."""
+        """Start writing: take the lock and finish an interrupted writer's merge.
+
+        ``definition`` is recorded with the first finished point (or at :meth:`close` if the file
+        exists): a scan whose every point fails leaves no new file behind.
+        """
         if self.path.exists():
             with h5py.File(check_readable(self.path), "r") as f:
                 if object_kind(f) != "scan":
@@ -397,14 +402,16 @@ class ScanStore:
         try:
             for tmp in [*self.path.parent.glob(f".{self.path.name}.*.tmp"), *self.journal.glob(".*.tmp")]:
                 tmp.unlink()  # left by a killed writer (we hold the lock: no live writer owns them)
-            self.journal.mkdir(exist_ok=True)
-            self.merge(definition)
+            self._definition = definition
+            if self._parts():
+                self.merge()
         except BaseException:
             self._release_lock()
             raise
 
     def add(self, pid: str, params: dict, result):
         """Journal one finished point (atomically); merge when the journal is as large as the file."""
+        self.journal.mkdir(exist_ok=True)
         tmp, final = self.journal / f".{pid}.tmp", self.journal / f"{pid}.h5"
         try:
             with h5py.File(tmp, "w", libver=LIBVER) as f:
@@ -416,18 +423,19 @@ class ScanStore:
             if tmp.exists():
                 tmp.unlink()
         self._unmerged += 1
-        if self._unmerged >= max(64, self._merged):
+        if self._definition is not None or self._unmerged >= max(64, self._merged):
             self.merge()
 
-    def merge(self, definition: dict | None = None):
-        """Copy the journal into the file (one atomic replacement), then empty the journal."""
+    def merge(self):
+        """Copy the journal (and a pending definition) into the file by one atomic replacement,
+        then empty the journal."""
         parts = self._parts()
-        if not parts and definition is None:
+        if not parts and self._definition is None:
             return
         with atomic_file(self.path) as f:
             stamp(f, "scan")
-            if definition is not None:
-                f.attrs["scan"] = json.dumps(definition)
+            if self._definition is not None:
+                f.attrs["scan"] = json.dumps(self._definition)
             points = f.require_group("points")
             for part in parts:
                 try:
@@ -441,14 +449,18 @@ class ScanStore:
             self._merged = len(points)
         for part in parts:
             part.unlink()
+        self._definition = None
         self._unmerged = 0
 
     def close(self):
-        """Merge the journal, remove it and release the lock."""
+        """Merge the journal (recording the definition if the file exists), remove it, release the lock."""
         try:
-            self.merge()
-            self.journal.rmdir()
+            if self._parts() or (self._definition is not None and self.path.exists()):
+                self.merge()
+            if self.journal.is_dir():
+                self.journal.rmdir()
         finally:
+            self._definition = None
             self._release_lock()
 
     def _take_lock(self):

@@ -124,8 +124,11 @@ def test_failure_keeps_finished_points_and_reports_the_point(tmp_path):
              progress=False)
     res = load_scan(store)
     assert res.done.tolist() == [True, False] and res["value"][0] == 1.0 and np.isnan(res["value"][1])
-    with pytest.raises(ValueError, match=r"grid: test_scan:ragged does not take the parameters \['m'\]"):
-        scan([{"m": 1}], run=ragged, store=store, progress=False)
+    with pytest.raises(RuntimeError, match="fail was set"):
+        scan([{"n": 2, "fail": True}], run=ragged, store=tmp_path / "none.h5", executor=threads(), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]  # a scan that stored nothing wrote nothing
+    with pytest.raises(ValueError, match="grid: test_scan:ragged: got an unexpected keyword argument 'm'"):
+        scan([{"n": 1, "m": 1}], run=ragged, store=store, progress=False)
 
 
 def test_store_guards(tmp_path):

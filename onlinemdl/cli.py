@@ -1,0 +1,400 @@
+"""The ``onlinemdl`` command: ``demo``, ``ode``, ``simulate``, ``scan``, ``plot`` (and ``modenet``).
+
+Errors print one line ``onlinemdl: error: ...`` and exit with status 2; every output is
+computed first and then written atomically, so a failed command writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+OUT = "onlinemdl_out"
+_ERRORS = (ValueError, OSError, RuntimeError, KeyError, ImportError)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"onlinemdl: error: {message} (see '{self.prog} --help')\n")
+
+
+# --------------------------------------------------------------------------------------
+# Options of the model (one to one with onlinemdl.scan.run_ode / run_simulation)
+# --------------------------------------------------------------------------------------
+def _names(text):
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+MODEL_OPTIONS = (
+    ("N", int, "input dimension"),
+    ("M", int, "teacher hidden units"),
+    ("K", int, "student hidden units (default: M)"),
+    ("p", int, "modes (default: round(ln N))"),
+    ("teacher", ("modes", "random", "orthonormal"), "teacher network"),
+    ("student", ("teacher-modes", "full", "modes"),
+     "student network; teacher-modes: fresh Xi, the teacher's A and lam (the paper's on-line setting)"),
+    ("init", ("large", "small", "informed"), "initial weights of a full student"),
+    ("train", _names, "trained factors, comma-separated: of w,v (full) or xi,lam,A,v (modes) "
+                      "(default: xi for teacher-modes, w for full, xi,lam,A for modes)"),
+    ("teacher-seed", int, "seed of the teacher"),
+    ("student-seed", int, "seed of the student"),
+    ("sigma", float, "label noise"),
+    ("eta", float, "learning rate of the N-dimensional weights"),
+    ("eta-lam", float, "learning rate of lam (default: eta)"),
+    ("eta-A", float, "learning rate of A (default: eta)"),
+    ("eta-v", float, "learning rate of v (default: eta)"),
+    ("alpha-max", float, "end time alpha = steps / N"),
+    ("points", int, "log-spaced output times (plus alpha = 0)"),
+)
+
+
+def _add_options(parser, run, options, skip=()):
+    defaults = inspect.signature(run).parameters
+    for name, kind, text in options:
+        dest = name.replace("-", "_")
+        if dest in skip:
+            continue
+        default = defaults[dest].default
+        kw = dict(choices=kind) if isinstance(kind, tuple) else dict(type=kind, metavar=dest.upper())
+        shown = "" if default is None else f" (default: {','.join(default) if isinstance(default, tuple) else default})"
+        parser.add_argument(f"--{name}", dest=dest, default=default, help=text + shown, **kw)
+
+
+def _spec(args, run):
+    return {k: getattr(args, k) for k in inspect.signature(run).parameters if hasattr(args, k)}
+
+
+# --------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------
+def _check_target(path):
+    path = Path(path)
+    if path.exists():
+        from .storage import check_readable
+        check_readable(path)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"out: {parent} is not a directory")
+            break
+    return path
+
+
+def _write(h5=None, objects=None, png=None, figure=None):
+    """Write ``objects`` (name -> Trajectory or dict) as groups of ``h5`` (replacing groups of those
+    names, keeping the others) and ``figure`` to ``png``, each file atomically; print the paths."""
+    written = []
+    if h5 is not None:
+        from .storage import atomic_file, write_result
+        h5.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(h5) as f:
+            for name, obj in objects.items():
+                if name in f:
+                    del f[name]
+                write_result(f.create_group(name), obj)
+        written.append(h5)
+    if png is not None:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        tmp = png.with_name(f".{png.name}.{os.getpid()}.tmp.png")
+        try:
+            figure.savefig(tmp, dpi=120)
+            os.replace(tmp, png)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        written.append(png)
+    for path in written:
+        print(f"wrote {path}")
+
+
+def _final(traj) -> str:
+    eps = traj.eps_g
+    if eps.ndim == 2:
+        keep = eps[~traj.diverged] if traj.diverged is not None and not traj.diverged.all() else eps
+        eps = keep.mean(axis=0)
+        label = f"eps_g (mean of {keep.shape[0]} replicas)"
+    else:
+        label = "eps_g"
+    return (f"{label} {eps[0]:.3g} at alpha = 0 -> {eps[-1]:.3g} at alpha = {traj.alpha[len(eps) - 1]:.3g}; "
+            f"{traj.status}: {traj.message} [{traj.params.get('wall_time', 0.0):.1f} s]")
+
+
+def _figure(trajs, labels=None, plateaus=False, title=""):
+    from .plotting import plot_eps_g
+    fig = plot_eps_g(trajs, labels=labels, plateaus=plateaus)
+    fig.axes[0].set_title(title, fontsize=9)
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------
+def cmd_demo(args):
+    from .scan import run_ode, run_simulation
+    out = _check_target(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} is not a directory")
+    h5, png = out / "demo.h5", out / "demo.png"
+    _check_target(h5)
+    common = dict(eta=args.eta, alpha_max=args.alpha_max)
+    ode = run_ode(**common)
+    p = ode.params
+    print(f"onlinemdl demo: N={p['N']}, M=K={p['K']}, p={p['p']} modes, student trains {','.join(p['train'])}, "
+          f"eta={p['eta']:g}, alpha up to {args.alpha_max:g}", flush=True)
+    print(f"ODE:        {_final(ode)}", flush=True)
+    sim = run_simulation(**common, replicas=args.replicas, seed=args.seed, method=args.method, threads=args.threads)
+    print(f"simulation: {_final(sim)}", flush=True)
+    from .analysis import find_plateaus
+    plateaus = find_plateaus(ode)
+    print(f"ODE plateaus: {plateaus.summary()}")
+    fig = _figure([ode, sim], plateaus=plateaus,
+                  title=f"N={p['N']}, M=K={p['K']}, p={p['p']}, eta={p['eta']:g}: ODE and SGD, plateaus shaded")
+    table = {k: np.array([getattr(q, k) for q in plateaus]) for k in ("start", "end", "level", "slope")}
+    _write(h5, {"ode": ode, "sim": sim, "plateaus": table}, png, fig)
+
+
+def cmd_ode(args):
+    from .scan import run_ode
+    out = _check_target(args.out)
+    traj = run_ode(**_spec(args, run_ode))
+    print(f"ode: {_final(traj)}")
+    _write(out, {"ode": traj})
+
+
+def cmd_simulate(args):
+    from .scan import run_simulation
+    out = _check_target(args.out)
+    traj = run_simulation(**_spec(args, run_simulation))
+    print(f"simulate: {_final(traj)}")
+    _write(out, {"sim": traj})
+
+
+def _load_config(path):
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            config = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: {err}") from None
+    allowed = {"run", "store", "workers", "scheduler", "fixed", "grid", "points"}
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+    if ("grid" in config) == ("points" in config):
+        raise ValueError(f"{path}: give either a [grid] table (Cartesian product) or [[points]] (explicit points)")
+    return config
+
+
+def _resolve_run(name):
+    from .scan import run_ode, run_simulation
+    if name in ("ode", "simulate"):
+        return run_ode if name == "ode" else run_simulation
+    module, _, func = str(name).partition(":")
+    if not func:
+        raise ValueError(f'run must be "ode", "simulate" or "package.module:function", got {name!r}')
+    try:
+        return getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"run: cannot import {name!r} ({err})") from None
+
+
+def cmd_scan(args):
+    from .scan import scan
+    config = _load_config(args.config)
+    run = _resolve_run(config.get("run", "ode"))
+    store = Path(args.store) if args.store else Path(args.config).parent / config.get("store", "scan.h5")
+    workers = args.workers or config.get("workers")
+    scheduler = args.scheduler or config.get("scheduler")
+    grid = config.get("grid", config.get("points"))
+    client = None
+    if scheduler:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ImportError("scheduler needs dask.distributed (pip install 'onlinemdl[dask]')") from None
+        client = Client(scheduler)
+    try:
+        res = scan(grid, run=run, store=store, fixed=config.get("fixed"), executor=client, workers=workers,
+                   progress=not args.quiet)
+    finally:
+        if client is not None:
+            client.close()
+    print(f"scan: {res.done.size} points ({res.computed} computed, {res.done.size - res.computed} already stored) "
+          f"in {store}")
+    if res.done.size <= args.show:
+        for idx in np.ndindex(res.shape):
+            print(f"  {_label(res, idx)}: {_outcome(res.result(*idx))}")
+
+
+def _label(res, idx) -> str:
+    return " ".join(f"{k}={v}" for k, v in res.points[idx].items() if k not in res.fixed)
+
+
+def _outcome(result) -> str:
+    """One-line account of a scan point's result."""
+    from .trajectory import Trajectory
+    if not isinstance(result, Trajectory):
+        return ", ".join(f"{k}={v}" for k, v in result.items() if np.ndim(v) == 0)
+    eps = result.eps_g
+    if eps.ndim == 2 and result.diverged is not None and not result.diverged.all():
+        eps = eps[~result.diverged]
+    return f"{result.status}, final eps_g {np.mean(eps[..., -1]):.3g}"
+
+
+def cmd_plot(args):
+    import h5py
+    from .scan import load_scan
+    from .storage import check_readable, load_trajectory, object_kind, trajectory_names
+    path = check_readable(args.file)
+    png = _check_target(Path(args.out) if args.out else path.with_suffix(".png"))
+    with h5py.File(path, "r") as f:
+        kind = object_kind(f)
+        names = [] if kind in ("scan", "Trajectory") else trajectory_names(f)
+    if kind == "scan":
+        res = load_scan(path)
+        done = list(zip(*res.done.nonzero()))
+        trajs = [res.result(*i) for i in done]
+        if not trajs or any(isinstance(t, dict) for t in trajs):
+            raise ValueError(f"{path}: the scan holds no trajectories to plot")
+        fig = _figure(trajs, labels=[_label(res, i) for i in done], title=f"{path.name}: {res.run}")
+    else:
+        pairs = [(path.stem, load_trajectory(path))] if kind == "Trajectory" else \
+            [(n, load_trajectory(path, n)) for n in names]
+        if not pairs:
+            raise ValueError(f"{path}: holds no trajectory")
+        pairs.sort(key=lambda nt: nt[1].kind != "ode")  # an ODE first: its plateaus are shaded
+        trajs = [t for _, t in pairs]
+        kinds_differ = len({t.kind for t in trajs}) == len(trajs)
+        fig = _figure(trajs, labels=None if kinds_differ else [n for n, _ in pairs], plateaus=trajs[0].kind == "ode",
+                      title=path.name)
+    _write(png=png, figure=fig)
+
+
+# --------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------
+FORMAT = argparse.RawDescriptionHelpFormatter
+
+
+def _para(text: str) -> str:
+    return textwrap.fill(text, 88)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``onlinemdl`` argument parser."""
+    from .scan import run_ode, run_simulation
+    parser = _Parser(prog="onlinemdl", formatter_class=FORMAT,
+                     description=_para("On-line learning dynamics of mode decomposition learning: ODEs, SGD simulations, "
+                                 "scans and figures.\nWithout a command, runs 'demo'."),
+                     epilog="Each command has its own --help, e.g. 'onlinemdl ode --help'.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"onlinemdl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser("demo", formatter_class=FORMAT, help="the paper's on-line setting: ODE and SGD side by side",
+                       description=_para("ODE and SGD simulation of the paper's on-line setting side by side: mode teacher "
+                                   "with N=30, M=8, p=round(ln N)=3 modes; the student has the teacher's A and lam and "
+                                   "learns Xi from a random start; eta=5. Writes OUT/demo.h5 (groups 'ode' and 'sim') "
+                                   "and OUT/demo.png."),
+                       epilog="example: onlinemdl demo --alpha-max 1e3 --replicas 2")
+    d.add_argument("--alpha-max", type=float, default=1e5, metavar="ALPHA", help="end time (default: 1e5)")
+    d.add_argument("--eta", type=float, default=5.0, help="learning rate (default: 5)")
+    d.add_argument("--replicas", type=int, default=4, help="SGD replicas (default: 4)")
+    d.add_argument("--method", choices=("gram", "explicit"), default="gram",
+                   help="SGD engine: gram (exact reduced chain, cost independent of N) or explicit (default: gram)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the SGD input streams (default: 0)")
+    d.add_argument("--threads", type=int, default=None, help="SGD threads (default: all cores)")
+    d.add_argument("--out", default=OUT, help=f"output directory, created if needed (default: {OUT})")
+    d.set_defaults(func=cmd_demo)
+
+    o = sub.add_parser("ode", formatter_class=FORMAT, help="integrate the order-parameter ODEs",
+                       description=_para("Integrate the order-parameter ODEs of one teacher-student model and store the "
+                                   "trajectory as the group 'ode' of --out (other groups of the file are kept)."),
+                       epilog="example: onlinemdl ode --N 100 --eta 2 --alpha-max 1e4 --out run.h5")
+    _add_options(o, run_ode, MODEL_OPTIONS)
+    o.add_argument("--method", default="auto", help="auto (LSODA), a scipy solve_ivp method (Radau, BDF, RK45, DOP853) "
+                                                     "or euler (default: auto)")
+    o.add_argument("--out", default=f"{OUT}/ode.h5", help=f"HDF5 file (default: {OUT}/ode.h5)")
+    o.set_defaults(func=cmd_ode)
+
+    s = sub.add_parser("simulate", formatter_class=FORMAT, help="on-line SGD simulation",
+                       description=_para("Simulate on-line SGD of one teacher-student model (replicas in parallel) and "
+                                   "store the trajectory as the group 'sim' of --out (other groups are kept)."),
+                       epilog="example: onlinemdl simulate --alpha-max 1e3 --replicas 8 --out run.h5")
+    _add_options(s, run_simulation, MODEL_OPTIONS)
+    s.add_argument("--replicas", type=int, default=4, help="independent replicas (default: 4)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the input streams (default: 0)")
+    s.add_argument("--method", choices=("gram", "explicit"), default="gram", help="SGD engine (default: gram)")
+    s.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    s.add_argument("--out", default=f"{OUT}/simulate.h5", help=f"HDF5 file (default: {OUT}/simulate.h5)")
+    s.set_defaults(func=cmd_simulate)
+
+    c = sub.add_parser("scan", formatter_class=FORMAT, help="parameter scan from a TOML file (resumable)",
+                       description=_para("Run a parameter scan described by a TOML file, in parallel, into an HDF5 store. "
+                                   "Rerunning skips the points already stored."),
+                       epilog=SCAN_EPILOG)
+    c.add_argument("config", help="TOML file")
+    c.add_argument("--store", help="HDF5 store (default: the config's 'store', relative to the config file, "
+                                   "else scan.h5 next to it)")
+    c.add_argument("--workers", type=int, help="local worker processes (default: the config's, else all cores)")
+    c.add_argument("--scheduler", metavar="ADDRESS", help="run on a dask.distributed scheduler, e.g. tcp://host:8786")
+    c.add_argument("--show", type=int, default=20, metavar="N", help="list every point's result if at most N "
+                                                                     "(default: 20)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_scan)
+
+    pl = sub.add_parser("plot", formatter_class=FORMAT, help="figure of eps_g from an HDF5 file",
+                        description=_para("Plot eps_g against alpha from a file written by demo, ode, simulate, scan or "
+                                    "Trajectory.to_hdf5 (ODE and simulation side by side, plateaus marked where "
+                                    "onlinemdl.analysis is available)."),
+                        epilog="example: onlinemdl plot onlinemdl_out/demo.h5")
+    pl.add_argument("file", help="HDF5 file")
+    pl.add_argument("--out", help="PNG file (default: FILE with suffix .png)")
+    pl.set_defaults(func=cmd_plot)
+
+    try:
+        from .modenet.cli import add_subparser
+    except ImportError:
+        pass
+    else:
+        add_subparser(sub)
+    return parser
+
+
+SCAN_EPILOG = """\
+config format:
+  run = "ode"            # "ode", "simulate" or "package.module:function" (default "ode")
+  store = "scan.h5"      # relative to the config file
+  workers = 2            # optional
+  [fixed]                # parameters of every point (options of 'onlinemdl ode --help', with _)
+  N = 30
+  alpha_max = 1000.0
+  [grid]                 # Cartesian product of these lists ...
+  eta = [1.0, 2.0, 5.0]
+  # ... or explicit points instead of [grid]:
+  # [[points]]
+  # eta = 1.0
+  # K = 4
+example: onlinemdl scan scan.toml --workers 4"""
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``onlinemdl`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv or ["demo"])
+    try:
+        return args.func(args) or 0
+    except _ERRORS as err:
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"onlinemdl: error: {text}", file=sys.stderr)
+        return 2
