@@ -59,7 +59,7 @@ TWO_PLATEAUS = [(0.0, 0.0), (1.0, 2.0), (2.0, 0.1), (2.5, 2.0), (3.5, 0.2), (6.0
 def test_synthetic_plateaus_recovered(noise):
     alpha, eps = piecewise_curve(TWO_PLATEAUS)
     eps = eps * np.exp(noise * np.random.default_rng(3).standard_normal(eps.size))
-    found = an.plateaus_in(alpha, eps, smooth=0.1 if noise else 0.05)
+    found = an.plateaus_in(alpha, eps)
     assert len(found) == 2 and found.stages == 3 and found.final is None
     for p, (lo, hi) in zip(found, [(1.0, 2.0), (2.5, 3.5)]):
         assert abs(math.log10(p.start) - lo) < BOUNDARY_DECADES
@@ -81,7 +81,7 @@ def test_synthetic_plateaus_recovered(noise):
 def test_no_plateau_on_smooth_decay(curve, noise):
     alpha = np.geomspace(1e-2, 1e5, 500)
     eps = curve(alpha) * np.exp(noise * np.random.default_rng(4).standard_normal(alpha.size))
-    found = an.plateaus_in(alpha, eps, smooth=0.1 if noise else 0.05)
+    found = an.plateaus_in(alpha, eps)
     assert len(found) == 0 and found.stages == 1
 
 
