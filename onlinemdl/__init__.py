@@ -7,3 +7,9 @@ from .sgd import simulate
 from .trajectory import Trajectory
 
 __all__ = ["Student", "Teacher", "OdeSystem", "Trajectory", "integrate", "simulate", "__version__"]
+
+from . import analysis
+from .analysis import escape_time, find_plateaus, fixed_point, mode_picture, specialization, symmetric_fixed_point
+
+__all__ += ["analysis", "escape_time", "find_plateaus", "fixed_point", "mode_picture", "specialization",
+            "symmetric_fixed_point"]
