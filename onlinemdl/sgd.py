@@ -257,29 +257,29 @@ def _test_error(X, Wt, B, C, v, vt, act):
 # Gram engine
 # --------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
-def _semidefinite_cholesky(G, L, tol):
-    """Lower-triangular L with L L^T = G for a PSD G; pivots below ``tol`` give zero columns.
+def _semidefinite_cholesky(G, L, tol, start):
+    """Rows ``start..n-1`` of the lower-triangular L with L L^T = G for a PSD G (rows above
+    are kept: the teacher block never changes). Pivots below ``tol`` give zero columns.
 
     Returns the rank.
     """
     n = G.shape[0]
-    rank = 0
-    for j in range(n):
-        acc = G[j, j]
-        for k in range(j):
-            acc -= L[j, k] * L[j, k]
-        if acc > tol:
-            d = math.sqrt(acc)
-            L[j, j] = d
-            rank += 1
-            for i in range(j + 1, n):
-                t = G[i, j]
-                for k in range(j):
-                    t -= L[i, k] * L[j, k]
-                L[i, j] = t / d
-        else:
-            for i in range(j, n):
+    for i in range(start, n):
+        for j in range(i):
+            if L[j, j] == 0.0:
                 L[i, j] = 0.0
+                continue
+            t = G[i, j]
+            for k in range(j):
+                t -= L[i, k] * L[j, k]
+            L[i, j] = t / L[j, j]
+        d = G[i, i]
+        for k in range(i):
+            d -= L[i, k] * L[i, k]
+        L[i, i] = math.sqrt(d) if d > tol else 0.0
+    rank = 0
+    for i in range(n):
+        rank += L[i, i] != 0.0
     return rank
 
 
@@ -309,10 +309,12 @@ def _gram_replica(Gfull, N, M, A, lam, v, vt, eta, eta_lam, eta_A, eta_v, sigma,
     for j in range(n):
         tol_scale = max(tol_scale, Gfull[j, j])
     shrink = 1.0 - eta * wd / N
+    tol = 1e-13 * tol_scale
+    _semidefinite_cholesky(Gfull, L, tol, 0)
     step = 0
     for o in range(record.size):
         while step < record[o]:
-            rank = _semidefinite_cholesky(Gfull, L, 1e-13 * tol_scale)
+            rank = _semidefinite_cholesky(Gfull, L, tol, M)
             for b in range(batch):
                 for j in range(n):
                     z[b, j] = rng.standard_normal() if L[j, j] != 0.0 else 0.0
