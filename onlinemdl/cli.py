@@ -137,11 +137,10 @@ def _figure(trajs, labels=None, plateaus=False, title=""):
 # --------------------------------------------------------------------------------------
 def cmd_demo(args):
     from .scan import run_ode, run_simulation
-    out = _check_target(args.out)
+    out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} is not a directory")
-    h5, png = out / "demo.h5", out / "demo.png"
-    _check_target(h5)
+    h5, png = _check_target(out / "demo.h5"), out / "demo.png"
     common = dict(eta=args.eta, alpha_max=args.alpha_max)
     ode = run_ode(**common)
     p = ode.params
