@@ -13,3 +13,7 @@ from .analysis import escape_time, find_plateaus, fixed_point, mode_picture, spe
 
 __all__ += ["analysis", "escape_time", "find_plateaus", "fixed_point", "mode_picture", "specialization",
             "symmetric_fixed_point"]
+
+from .scan import load_scan, scan
+
+__all__ += ["scan", "load_scan"]
