@@ -290,8 +290,8 @@ class Specialization:
         ``tau_mn = T_mn / sqrt(T_mm T_nn)``: overlaps shared with every teacher node (the
         unspecialized, symmetric phase) do not count as progress.
     alpha_half : (K,) alpha at which ``progress`` last rises through 1/2.
-    width : (K,) decades of alpha over which ``progress`` rises from 0.1 to 0.9: a fraction of a
-        decade for a sudden (classic) transition, a decade or more for a continuous one.
+    width : (K,) decades of alpha over which ``progress`` last rises from 0.2 to 0.8: a fraction of
+        a decade for a sudden (classic) transition, a decade or more for a continuous one.
     order : (K,) student nodes by ``alpha_half`` (nodes that never get there last).
     """
 
@@ -347,7 +347,7 @@ def specialization(traj: Trajectory, threshold=0.5, replica=0) -> Specialization
     width = np.full(K, math.nan)
     for i in rows[dist[0] > 0]:
         half[i] = _last_crossing(a, progress[:, i], 0.5)
-        lo, hi = _last_crossing(a, progress[:, i], 0.1), _last_crossing(a, progress[:, i], 0.9)
+        lo, hi = _last_crossing(a, progress[:, i], 0.2), _last_crossing(a, progress[:, i], 0.8)
         if np.isfinite(hi) and lo > 0:
             width[i] = math.log10(hi / lo)
     return Specialization(alpha=a, overlaps=r, index=index, best=np.argmax(r, axis=-1), matching=matching,

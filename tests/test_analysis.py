@@ -186,8 +186,8 @@ def test_specialization_known_answer():
     np.testing.assert_array_equal(spec.order, [1, 0, 2])
     np.testing.assert_allclose(spec.alpha_specialized, when, rtol=0.02)
     np.testing.assert_allclose(spec.alpha_half, when, rtol=0.02)
-    # 10% -> 90% of a logistic in log alpha takes log10(81) / k decades: sudden (k = 10), continuous (k = 1)
-    np.testing.assert_allclose(spec.width, np.log10(81) / np.array(k), rtol=0.05)
+    # 0.2 -> 0.8 of a logistic in log alpha takes log10(16) / k decades: sudden (k = 10), continuous (k = 1)
+    np.testing.assert_allclose(spec.width, np.log10(16) / np.array(k), rtol=0.05)
     assert spec.spread == pytest.approx(2.0, abs=0.02)
     np.testing.assert_allclose(spec.index[-1], 1.0 / (1.0 + (np.array(when) / 1e5) ** np.array(k)))
 
@@ -207,7 +207,7 @@ def test_specialization_modes_is_continuous(modes):
     traj, _, _ = modes
     spec = an.specialization(traj)
     np.testing.assert_array_equal(spec.matching, np.arange(8))  # node i learns teacher node i
-    assert np.all(spec.width > 1.0)  # spread over decades
+    assert np.all(spec.width > 0.7) and np.median(spec.width) > 1.0  # spread over decades
     assert np.all(np.isnan(spec.alpha_specialized))  # teacher nodes are nearly collinear (p = 3 < M = 8)
 
 
