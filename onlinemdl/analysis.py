@@ -425,7 +425,9 @@ def mode_picture(traj: Trajectory, teacher=None, P=None, learned=0.9, replica=No
         p = int(np.linalg.matrix_rank(P))
     w, U = np.linalg.eigh(Ps)
     w, U = w[:, ::-1][:, :p], U[:, :, ::-1][:, :, :p]  # the p non-zero directions, strongest first
-    form = lambda X: np.einsum("nkp,nkl,nlp->np", U, X, U)  # u_k^T X u_k
+    def form(X):  # u_k^T X u_k at every time
+        return np.einsum("nkp,nkl,nlp->np", U, X, U)
+
     uQu, uRu, uTu = form(t.Q), form(t.R), form(np.broadcast_to(t.T, t.Q.shape))
     overlap = _ratio(uRu, np.sqrt(np.maximum(uQu * uTu, 0.0)))
     residual = form(t.Q - t.R - np.swapaxes(t.R, -1, -2) + t.T)
