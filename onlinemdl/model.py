@@ -48,6 +48,13 @@ def default_modes(N: int, a: float = 1.0) -> int:
     return max(1, int(round(a * math.log(N))))
 
 
+def random_modes(N, K, p, rng):
+    """Mode factors ``A`` (K, p), ``lam`` (p), ``Xi`` (N, p), entries N(0, 1) x (ln N)^(-1/6), drawn in that order."""
+    g = as_generator(rng)
+    s = mode_scale(N)
+    return s * g.standard_normal((K, p)), s * g.standard_normal(p), s * g.standard_normal((N, p))
+
+
 def second_layer(v, K, name="v"):
     """Second-layer weights: None gives 1/K (averaging committee), a scalar is broadcast."""
     if v is None:
@@ -129,11 +136,7 @@ class Teacher:
         p = default_modes(N, a) if p is None else _check_int("p", p)
         if p > N:
             raise ValueError(f"p must be <= N, got p={p}, N={N}")
-        g = as_generator(rng)
-        s = mode_scale(N)
-        A = s * g.standard_normal((M, p))
-        lam = s * g.standard_normal(p)
-        Xi = s * g.standard_normal((N, p))
+        A, lam, Xi = random_modes(N, M, p, rng)
         return cls((A * lam) @ Xi.T, A=A, lam=lam, Xi=Xi, **kw)
 
 
@@ -288,11 +291,7 @@ class Student:
         N, K, p = _check_int("N", N, 2), _check_int("K", K), _check_int("p", p)
         if p > N:
             raise ValueError(f"p must be <= N, got p={p}, N={N}")
-        g = as_generator(rng)
-        s = mode_scale(N)
-        A = s * g.standard_normal((K, p))
-        lam = s * g.standard_normal(p)
-        Xi = s * g.standard_normal((N, p))
+        A, lam, Xi = random_modes(N, K, p, rng)
         return cls(A=A, lam=lam, Xi=Xi, **kw)
 
     @classmethod

@@ -223,6 +223,17 @@ def rhs_modes(y, K, M, p, T, vt, v0, A0, lam0, eta, eta_lam, eta_A, eta_v, sigma
     return dy
 
 
+@njit(cache=True)
+def rhs_any(y, args):
+    """Dispatch to :func:`rhs_modes` or :func:`rhs_full`; ``args`` is ``OdeSystem.args``."""
+    (modes, K, M, p, T, vt, v0, A0, lam0, P, eta, eta_lam, eta_A, eta_v, sigma, wd, inv_b,
+     txi, tlam, tA, tv, act) = args
+    if modes:
+        return rhs_modes(y, K, M, p, T, vt, v0, A0, lam0, eta, eta_lam, eta_A, eta_v, sigma, wd, inv_b,
+                         txi, tlam, tA, tv, act)
+    return rhs_full(y, K, M, T, vt, v0, P, eta, eta_v, sigma, wd, inv_b, txi, tv, act)
+
+
 # --------------------------------------------------------------------------------------
 # The system: structure, rates, state packing
 # --------------------------------------------------------------------------------------
@@ -259,8 +270,21 @@ class OdeSystem:
     A: np.ndarray | None = None
     lam: np.ndarray | None = None
     p: int = 0
-    P: np.ndarray | None = None
     nrhs: int = field(default=0, compare=False)
+    _args: tuple = field(default=None, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+        if name not in ("_args", "nrhs"):
+            object.__setattr__(self, "_args", None)  # the kernel arguments are rebuilt on next use
+
+    @property
+    def P(self) -> np.ndarray:
+        """``P = A L^2 A^T`` of the reduced form (identity for the other forms)."""
+        if self.form != "reduced":
+            return np.eye(self.K)
+        C = self.A * self.lam
+        return C @ C.T
 
     # ---- construction ----------------------------------------------------------------
     @classmethod
@@ -348,8 +372,6 @@ class OdeSystem:
                      weight_decay=_rate("weight_decay", weight_decay, 0.0), batch=int(batch),
                      activation=activation, A=A, lam=lam, p=p)
         activation_code(activation)
-        C = A * lam if form == "reduced" else np.eye(K)
-        system.P = np.ascontiguousarray(C @ C.T)  # P = A L^2 A^T multiplies the full-weight terms
         return system
 
     # ---- state layout ----------------------------------------------------------------
@@ -406,19 +428,24 @@ class OdeSystem:
         return out
 
     # ---- dynamics --------------------------------------------------------------------
+    @property
+    def args(self) -> tuple:
+        """The system as the argument tuple of the Numba kernels (:func:`rhs_any`)."""
+        f8 = lambda a: np.ascontiguousarray(a, dtype=np.float64)
+        modes = self.form == "modes"
+        A = f8(self.A if modes else np.zeros((self.K, 1)))
+        lam = f8(self.lam if modes else np.zeros(1))
+        return (modes, self.K, self.M, self.p, f8(self.T), f8(self.vt), f8(self.v), A, lam, f8(self.P), self.eta,
+                self.eta_lam, self.eta_A, self.eta_v, self.sigma, self.weight_decay, 1.0 / self.batch,
+                "xi" in self.train or "w" in self.train, "lam" in self.train, "A" in self.train, "v" in self.train,
+                self.act)
+
     def rhs(self, y) -> np.ndarray:
         """d state / d alpha."""
         self.nrhs += 1
-        y = np.ascontiguousarray(y, dtype=np.float64)
-        inv_b = 1.0 / self.batch
-        tv = "v" in self.train
-        if self.form == "modes":
-            return rhs_modes(y, self.K, self.M, self.p, self.T, self.vt, self.v, self.A, self.lam, self.eta,
-                             self.eta_lam, self.eta_A, self.eta_v, self.sigma, self.weight_decay, inv_b,
-                             "xi" in self.train, "lam" in self.train, "A" in self.train, tv, self.act)
-        train_w = "w" in self.train or "xi" in self.train
-        return rhs_full(y, self.K, self.M, self.T, self.vt, self.v, self.P, self.eta, self.eta_v, self.sigma,
-                        self.weight_decay, inv_b, train_w, tv, self.act)
+        if self._args is None:
+            self._args = self.args
+        return rhs_any(np.ascontiguousarray(y, dtype=np.float64), self._args)
 
     def jacobian(self, y, rel_step=None, central=True) -> np.ndarray:
         """Finite-difference Jacobian of :meth:`rhs` (central by default, O(h^2))."""
@@ -473,39 +500,18 @@ def _check_alpha(alpha):
 
 
 @njit(cache=True)
-def _euler_full(y, t_out, dt, K, M, T, vt, v0, P, eta, eta_v, sigma, wd, inv_b, tw, tv, act, max_q):
+def _euler(y, t_out, dt, args, max_q):
+    """Fixed-step Euler to each output time; stops once some |state entry| exceeds ``max_q``."""
     ys = np.full((t_out.size, y.size), np.nan)
     t = 0.0
     n = 0
     for o in range(t_out.size):
         while t < t_out[o] - 1e-12 * max(1.0, t_out[o]):
             h = min(dt, t_out[o] - t)
-            y = y + h * rhs_full(y, K, M, T, vt, v0, P, eta, eta_v, sigma, wd, inv_b, tw, tv, act)
+            y = y + h * rhs_any(y, args)
             t += h
             n += 1
-            q = 0.0
-            for i in range(K):
-                q = max(q, abs(y[i * K - i * (i - 1) // 2]))
-            if not q < max_q:
-                return ys, n, t, True
-        ys[o] = y
-    return ys, n, t, False
-
-
-@njit(cache=True)
-def _euler_modes(y, t_out, dt, K, M, p, T, vt, v0, A0, lam0, eta, eta_lam, eta_A, eta_v, sigma, wd, inv_b,
-                 txi, tlam, tA, tv, act, max_q):
-    ys = np.full((t_out.size, y.size), np.nan)
-    t = 0.0
-    n = 0
-    for o in range(t_out.size):
-        while t < t_out[o] - 1e-12 * max(1.0, t_out[o]):
-            h = min(dt, t_out[o] - t)
-            y = y + h * rhs_modes(y, K, M, p, T, vt, v0, A0, lam0, eta, eta_lam, eta_A, eta_v, sigma, wd, inv_b,
-                                  txi, tlam, tA, tv, act)
-            t += h
-            n += 1
-            if not np.all(np.isfinite(y)) or np.max(np.abs(y)) > max_q:
+            if not np.max(np.abs(y)) < max_q:
                 return ys, n, t, True
         ys[o] = y
     return ys, n, t, False
@@ -570,7 +576,7 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
         dt = (1.0 / N if N else 1e-2) if step is None else float(step)
         if not (np.isfinite(dt) and dt > 0):
             raise ValueError(f"step must be a finite number > 0, got {step!r}")
-        ys, nfev, t_end, div = _run_euler(system, y0, alpha, dt, max_q)
+        ys, nfev, t_end, div = _euler(y0, alpha, dt, system.args, max_q)
         n_ok = int(np.sum(np.all(np.isfinite(ys), axis=1)))
         ys = ys[:n_ok]
         if div:
@@ -582,19 +588,6 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
         message = f"integrated to alpha = {alpha[-1]:.6g}"
     return _trajectory(system, alpha[:len(ys)], ys, N, status, message, nfev, method, wall,
                        dict(rtol=rtol, atol=atol, step=step, max_norm=max_norm))
-
-
-def _run_euler(system, y0, alpha, dt, max_q):
-    inv_b = 1.0 / system.batch
-    tv = "v" in system.train
-    if system.form == "modes":
-        return _euler_modes(y0, alpha, dt, system.K, system.M, system.p, system.T, system.vt, system.v, system.A,
-                            system.lam, system.eta, system.eta_lam, system.eta_A, system.eta_v, system.sigma,
-                            system.weight_decay, inv_b, "xi" in system.train, "lam" in system.train,
-                            "A" in system.train, tv, system.act, max_q)
-    tw = "w" in system.train or "xi" in system.train
-    return _euler_full(y0, alpha, dt, system.K, system.M, system.T, system.vt, system.v, system.P, system.eta,
-                       system.eta_v, system.sigma, system.weight_decay, inv_b, tw, tv, system.act, max_q)
 
 
 def _run_adaptive(system, y0, alpha, method, rtol, atol, max_q):
