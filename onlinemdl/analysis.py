@@ -400,7 +400,7 @@ def mode_picture(traj: Trajectory, teacher=None, P=None, learned=0.9, replica=No
 
     Needs K = M with student node i meant to learn teacher node i (the paper's setting: ``A``
     and ``lam`` copied from the teacher). ``P`` is taken from the trajectory's ``A`` and ``lam``
-    (``C = A diag(lam)``, ``P = C C^T``), or given (K x K) for a trajectory in the reduced form.
+    (``C = A diag(lam)``, ``P = C C^T``), from ``params["P"]`` of a reduced-form ODE, or given (K x K).
     ``teacher``: a mode :class:`~onlinemdl.model.Teacher`, to resolve the student modes against
     the teacher's modes. ``replica``: one replica of a simulation, or None for the replica mean.
     """
@@ -411,6 +411,8 @@ def mode_picture(traj: Trajectory, teacher=None, P=None, learned=0.9, replica=No
     if K != M:
         raise ValueError(f"mode_picture needs K == M (node i learns teacher node i), got K={K}, M={M}")
     n = t.alpha.size
+    if P is None and t.A is None:
+        P = t.params.get("P")  # recorded by integrate(form="reduced")
     if P is None:
         if t.A is None or t.lam is None:
             raise ValueError("P must be given for a trajectory without A and lam (reduced form)")

@@ -476,6 +476,8 @@ class OdeSystem:
                    eta_lam=self.eta_lam, eta_A=self.eta_A, eta_v=self.eta_v, sigma=self.sigma,
                    weight_decay=self.weight_decay, batch=self.batch, activation=self.activation,
                    vt=self.vt, T=self.T)
+        if self.form == "reduced":
+            out["P"] = self.P
         return out
 
 
