@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .model import Student, Teacher, default_modes
 from .ode import integrate
-from .storage import ScanStore, object_kind, read_record, read_result, record_keys
+from .storage import ScanStore, object_kind, point_image, read_record, read_result, record_keys
 
 
 # --------------------------------------------------------------------------------------
@@ -335,6 +335,11 @@ def scan(grid, run=None, store="scan.h5", *, fixed=None, executor=None, workers=
     return res
 
 
+def run_point(run, pid, params) -> bytes:
+    """Worker side of a scan: ``run(**params)``, returned encoded (:func:`onlinemdl.storage.point_image`)."""
+    return point_image(pid, params, run(**params))
+
+
 def _execute(run, todo, store, bar, executor, workers):
     if not todo:
         return
@@ -347,20 +352,20 @@ def _execute(run, todo, store, bar, executor, workers):
     futures, ok = {}, False
     try:
         for pid, params, label in todo:
-            futures[executor.submit(run, **params)] = (pid, params, label)
+            futures[executor.submit(run_point, run, pid, params)] = (pid, label)
         for fut in as_completed(futures):
-            pid, params, label = futures.pop(fut)
+            pid, label = futures.pop(fut)
             try:
-                result = fut.result()
+                image = fut.result()
             except Exception as err:
                 raise RuntimeError(f"run failed at {label}: {type(err).__name__}: {err}") from err
-            store.add(pid, params, result)
+            store.add(pid, image)
             bar.update()
         ok = True
     finally:
         if not ok:  # keep what finished, drop the rest
-            for fut, (pid, params, _) in futures.items():
+            for fut, (pid, _) in futures.items():
                 if not fut.cancel() and fut.done() and fut.exception() is None:
-                    store.add(pid, params, fut.result())
+                    store.add(pid, fut.result())
         if own:
             executor.shutdown(wait=ok, cancel_futures=True)

@@ -7,6 +7,7 @@ writer killed at any instant, sees either the old file or the complete new one.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -329,6 +330,18 @@ def load_trajectory(source, name: str | None = None) -> Trajectory:
 # --------------------------------------------------------------------------------------
 # Scan stores: one HDF5 file, plus a journal of finished points while a scan writes
 # --------------------------------------------------------------------------------------
+def point_image(pid: str, params: dict, result) -> bytes:
+    """One scan point as the bytes of a small HDF5 file: group ``pid`` holding the result
+    (:func:`write_result`) and the point's parameters (subgroup ``scan_point``). Built by the
+    worker that ran the point, so the process writing the store only copies bytes."""
+    buf = io.BytesIO()
+    with h5py.File(buf, "w", libver=LIBVER) as f:
+        group = f.create_group(pid)
+        write_result(group, result)
+        write_record(group.create_group("scan_point"), params, "attrs", "point")
+    return buf.getvalue()
+
+
 class ScanStore:
     """The results of a scan: the HDF5 file ``path`` and its journal ``path.journal/``.
 
@@ -336,8 +349,9 @@ class ScanStore:
     ``points/<id>`` per finished point: the result (Trajectory or record) with the point's
     parameters in the subgroup ``scan_point``. While a scan runs, each finished point is
     written to its own small file ``<id>.h5`` in the journal (a temporary file renamed into
-    place) and the journal is merged into ``path`` by :func:`atomic_file` from time to time
-    and at the end; so a writer killed at any instant loses no finished point and corrupts
+    place) and the journal is merged into ``path`` by :func:`atomic_file` after the first
+    point, whenever it holds as many points as the file, and at the end (amortised O(1)
+    per point); so a writer killed at any instant loses no finished point and corrupts
     nothing. Readers see the file and the journal together. One writer at a time (a lock
     file ``.NAME.lock`` guards it where ``fcntl`` exists).
     """
@@ -409,16 +423,14 @@ class ScanStore:
             self._release_lock()
             raise
 
-    def add(self, pid: str, params: dict, result):
-        """Journal one finished point (atomically); merge when the journal is as large as the file."""
+    def add(self, pid: str, image: bytes):
+        """Journal one finished point, the bytes of :func:`point_image` (a temporary file renamed
+        into place); merge when the journal is as large as the file."""
         self.journal.mkdir(exist_ok=True)
-        tmp, final = self.journal / f".{pid}.tmp", self.journal / f"{pid}.h5"
+        tmp = self.journal / f".{pid}.tmp"
         try:
-            with h5py.File(tmp, "w", libver=LIBVER) as f:
-                group = f.create_group(pid)
-                write_result(group, result)
-                write_record(group.create_group("scan_point"), params, "attrs", "point")
-            os.replace(tmp, final)
+            tmp.write_bytes(image)
+            os.replace(tmp, self.journal / f"{pid}.h5")
         finally:
             if tmp.exists():
                 tmp.unlink()

@@ -1,0 +1,93 @@
+"""Scan throughput: speed-up of a 64-point ODE scan on all cores over one core, and the store's cost.
+
+(i)   64 small ODE runs (mode student, K = M = 4, p = 3, only Xi trained, alpha to 1e4; 8 learning
+      rates x 8 student seeds) through ``onlinemdl.scan`` with a warm process pool of 1 worker and of
+      all cores: speed-up and parallel efficiency (target: speed-up >= 0.85 x cores);
+(ii)  the same scan with the default executor, pool start-up included (what a user sees);
+(iii) the store's overhead per point: encoding a result to HDF5 bytes (done by the worker), writing
+      them to the journal and merging the journal into the file (done by the one process that
+      writes the store), against the mean run time of a point.
+
+Run: python benchmarks/bench_scan.py
+"""
+import multiprocessing
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+
+from onlinemdl.scan import definition, expand, load_scan, point_id, run_ode, scan
+from onlinemdl.storage import ScanStore, point_image
+
+GRID = {"eta": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0], "student_seed": list(range(1, 9))}
+FIXED = {"M": 4, "alpha_max": 1e4, "points": 100}
+
+
+def _warm():
+    run_ode(N=10, M=2, teacher="random", student="full", alpha_max=1.0, points=4)
+    time.sleep(0.5)  # hold this worker so that the next warm-up lands on another one
+
+
+def warm_pool(n):
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+    wait([pool.submit(_warm) for _ in range(n)])
+    return pool
+
+
+def timed_scan(store, **kw):
+    t0 = time.perf_counter()
+    res = scan(GRID, store=store, fixed=FIXED, progress=False, **kw)
+    return time.perf_counter() - t0, res
+
+
+def store_overhead(src, dst):
+    """Per point: encoding a result (worker side), journalling it and merging the journal (store
+    writer side), in seconds, and the mean run time of a point."""
+    res = load_scan(src)
+    results = [res.result(*i) for i in np.ndindex(res.shape)]
+    defn = definition(GRID, res.run, FIXED)
+    _, points, _ = expand(defn)
+    ids = [point_id(res.run, p) for p in points]
+    t0 = time.perf_counter()
+    images = [point_image(i, p, r) for i, p, r in zip(ids, points, results)]
+    t1 = time.perf_counter()
+    st = ScanStore(dst)
+    st.open(defn)
+    for i, image in zip(ids, images):  # as in a scan: the first point is merged at once, the rest at close
+        st.add(i, image)
+    t2 = time.perf_counter()
+    st.close()
+    t3 = time.perf_counter()
+    n = len(points)
+    return (t1 - t0) / n, (t2 - t1) / n, (t3 - t2) / n, np.mean([r.params["wall_time"] for r in results])
+
+
+def main():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = len(GRID["eta"]) * len(GRID["student_seed"])
+    print(f"scan of {n} ODE runs (K = M = 4, p = 3, Xi trained, alpha to 1e4), {cores} cores")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        with warm_pool(1) as one:
+            t1, _ = timed_scan(tmp / "one.h5", executor=one)
+        with warm_pool(cores) as many:
+            tn, _ = timed_scan(tmp / "all.h5", executor=many)
+        cold, _ = timed_scan(tmp / "cold.h5")
+        speedup = t1 / tn
+        print(f"(i)   warm pools: 1 worker {t1:.2f} s, {cores} workers {tn:.2f} s -> speed-up {speedup:.2f} "
+              f"= {speedup / cores:.2f} x cores (target >= 0.85 x cores)")
+        print(f"(ii)  default executor, pool start-up included: {cold:.2f} s -> speed-up {t1 / cold:.2f} "
+              f"= {t1 / cold / cores:.2f} x cores")
+        encode, journal, merge, run = store_overhead(tmp / "all.h5", tmp / "copy.h5")
+        size = (tmp / "all.h5").stat().st_size / n / 1024
+        print(f"(iii) store per point: {1e3 * encode:.1f} ms encoding (in the worker, parallel), then in the "
+              f"writing process {1e3 * journal:.2f} ms journal + {1e3 * merge:.2f} ms merge = "
+              f"{100 * (journal + merge) / run:.1f} % of the mean run time ({1e3 * run:.0f} ms); "
+              f"{size:.0f} KiB per point on disk")
+
+
+if __name__ == "__main__":
+    main()
