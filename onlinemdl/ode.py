@@ -332,7 +332,8 @@ class OdeSystem:
                 raise ValueError(f"A must be (K, p) with p={p}, got {A.shape}")
             if np.shape(state["S"]) != (p, M):
                 raise ValueError(f"S must be (p, M) = ({p}, {M}), got {np.shape(state['S'])}")
-            covariance_check(np.block([[state["Rm"], state["S"]], [np.transpose(state["S"]), T]]), "[[Rm, S], [S^T, T]]")
+            Gm = np.block([[state["Rm"], state["S"]], [np.transpose(state["S"]), T]])
+            covariance_check(Gm, "[[Rm, S], [S^T, T]]")
             allowed = ("xi", "lam", "A", "v")
             train = ("xi", "lam", "A") if train is None else tuple(train)
         else:
@@ -626,7 +627,8 @@ def _trajectory(system, alpha, ys, N, status, message, nfev, method, wall, extra
     Q, R, v = stack("Q"), stack("R"), stack("v")
     eps = np.array([_eps_g(s["Q"], s["R"], system.T, s["v"], system.vt, system.act) for s in states])
     params = system.params()
-    params.update(method=method, N=N if N else 0, wall_time=wall, **{k: val for k, val in extra.items() if val is not None})
+    params.update(method=method, N=N if N else 0, wall_time=wall,
+                  **{k: val for k, val in extra.items() if val is not None})
     steps = np.rint(alpha * N).astype(np.int64) if N else np.zeros(len(alpha), np.int64)
     modes = system.form == "modes"
     return Trajectory(alpha=np.asarray(alpha, float), steps=steps, eps_g=eps, Q=Q, R=R, T=system.T.copy(),

@@ -58,18 +58,23 @@ def _backprop(s, u, C, v, vt, sigma, zeta, act, h, delta, d):
 
 
 @njit(cache=True, nogil=True)
-def _accumulate_factor_gradients(A, lam, s, h, delta, err, act, gl, gA, gv):
-    """Add this sample's gradients of the O(1) factors: dL/dlam_mu = sum_i delta_i A_imu s_mu,
+def _accumulate_factor_gradients(A, lam, s, h, delta, err, act, train_lam, train_A, train_v, gl, gA, gv):
+    """Add this sample's gradients of the trained O(1) factors: dL/dlam_mu = sum_i delta_i A_imu s_mu,
     dL/dA_imu = delta_i lam_mu s_mu, dL/dv_i = err g(h_i)."""
     K, r = A.shape
-    for a in range(r):
-        acc = 0.0
+    if train_lam:
+        for a in range(r):
+            acc = 0.0
+            for i in range(K):
+                acc += delta[i] * A[i, a]
+            gl[a] += acc * s[a]
+    if train_A:
         for i in range(K):
-            acc += delta[i] * A[i, a]
-            gA[i, a] += delta[i] * lam[a] * s[a]
-        gl[a] += acc * s[a]
-    for i in range(K):
-        gv[i] += err * g(h[i], act)
+            for a in range(r):
+                gA[i, a] += delta[i] * lam[a] * s[a]
+    if train_v:
+        for i in range(K):
+            gv[i] += err * g(h[i], act)
 
 
 @njit(cache=True, nogil=True)
@@ -78,13 +83,13 @@ def _apply_factor_gradients(A, lam, v, C, gl, gA, gv, scale, eta_lam, eta_A, eta
     then refresh ``C = A diag(lam)`` and clear the accumulators."""
     if train_lam:
         lam -= eta_lam * scale * gl
+        gl[:] = 0.0
     if train_A:
         A -= eta_A * scale * gA
+        gA[:] = 0.0
     if train_v:
         v -= eta_v * scale * gv
-    gl[:] = 0.0
-    gA[:] = 0.0
-    gv[:] = 0.0
+        gv[:] = 0.0
     if train_lam or train_A:
         _mixing(A, lam, C)
 
@@ -187,7 +192,8 @@ def _explicit_replica(Wt, B, A, lam, v, vt, eta, eta_lam, eta_A, eta_v, sigma, w
                 err = _backprop(S[b], U[b], C, v, vt, sigma, zeta, act, h, delta, coef[b])
                 if not math.isfinite(err):
                     return step
-                _accumulate_factor_gradients(A, lam, S[b], h, delta, err, act, gl, gA, gv)
+                _accumulate_factor_gradients(A, lam, S[b], h, delta, err, act, train_lam, train_A, train_v,
+                                             gl, gA, gv)
                 for a in range(r):  # W_a -= (eta / b) d_a x / sqrt(N), applied in the next sweep
                     coef[b, a] = coef[b, a] * eta * rs / batch if train_w else 0.0
             _apply_factor_gradients(A, lam, v, C, gl, gA, gv, 1.0 / (N * batch), eta_lam, eta_A, eta_v,
@@ -328,7 +334,8 @@ def _gram_replica(Gfull, N, M, A, lam, v, vt, eta, eta_lam, eta_A, eta_v, sigma,
                 err = _backprop(s, f[b, :M], C, v, vt, sigma, zeta, act, h, delta, d[b])
                 if not math.isfinite(err):
                     return step
-                _accumulate_factor_gradients(A, lam, s, h, delta, err, act, gl, gA, gv)
+                _accumulate_factor_gradients(A, lam, s, h, delta, err, act, train_lam, train_A, train_v,
+                                             gl, gA, gv)
             if train_w:
                 # x_b . x_c = z_b . z_c + Wishart(N - rank) (Bartlett), exact for isotropic inputs
                 dof = N - rank
