@@ -20,8 +20,23 @@ _ERRORS = (ValueError, OSError, RuntimeError, KeyError, ImportError)
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"onlinemdl: error: {message} (see '{self.prog} --help')\n")
+    """No abbreviated options (a typo must not select another option); one-line errors."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message, prog=None):
+        self.exit(2, f"onlinemdl: error: {message} (see '{prog or self.prog} --help')\n")
+
+    def parse_args(self, args=None, namespace=None):
+        args, extra = self.parse_known_args(args, namespace)
+        command = getattr(args, "command", None)
+        if extra:  # point to the help of the command they were given to
+            self.error(f"unrecognized arguments: {' '.join(extra)}", f"{self.prog} {command}" if command else None)
+        if command is None and hasattr(args, "command"):
+            self.error("a command is required")
+        return args
 
 
 # --------------------------------------------------------------------------------------
@@ -298,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog="Each command has its own --help, e.g. 'onlinemdl ode --help'.")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"onlinemdl {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     d = sub.add_parser("demo", formatter_class=FORMAT, help="the paper's on-line setting: ODE and SGD side by side",
                        description=_para("ODE and SGD simulation of the paper's on-line setting side by side: mode teacher "

@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -357,6 +358,10 @@ def _execute(run, todo, store, bar, executor, workers):
             pid, label = futures.pop(fut)
             try:
                 image = fut.result()
+            except BrokenProcessPool as err:
+                raise RuntimeError(f"a worker process died at {label} ({err}); a script that runs a scan on the "
+                                   "default process pool must guard its main code with "
+                                   "'if __name__ == \"__main__\":'") from err
             except Exception as err:
                 raise RuntimeError(f"run failed at {label}: {type(err).__name__}: {err}") from err
             store.add(pid, image)

@@ -141,7 +141,9 @@ def test_scan_points_on_a_dask_scheduler(cli, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["ode", "--bogus"], "unrecognized arguments: --bogus"),
+    (["ode", "--bogus"], "unrecognized arguments: --bogus (see 'onlinemdl ode --help')"),
+    (["ode", "--alpha", "10"], "unrecognized arguments: --alpha 10"),  # no abbreviations
+    (["--bogus"], "unrecognized arguments: --bogus (see 'onlinemdl --help')"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["ode", "--N", "x"], "argument --N: invalid int value: 'x'"),
     (["ode", "--teacher", "wise"], "argument --teacher: invalid choice: 'wise'"),
