@@ -301,7 +301,9 @@ def scan(grid, run=None, store="scan.h5", *, fixed=None, executor=None, workers=
     Parameters
     ----------
     grid : dict ``name -> list of values`` (Cartesian product) or list of dicts (explicit points).
-    run : module-level function returning a Trajectory or a dict of values (default :func:`run_ode`).
+    run : module-level function returning a Trajectory or a dict of values (default :func:`run_ode`);
+        worker processes import it by name, so a script must guard its main code with
+        ``if __name__ == "__main__":`` and a function defined in a notebook needs a thread pool.
     store : HDF5 file of the results. Points already there are skipped (resume); points of a
         different ``run`` or ``fixed`` setting have other ids, so they are computed anew, never mixed.
     fixed : parameters common to all points.
@@ -318,7 +320,7 @@ def scan(grid, run=None, store="scan.h5", *, fixed=None, executor=None, workers=
     defn = definition(grid, name, fixed)
     axes, points, _ = expand(defn)
     _check_signature(run, name, points)
-    if workers is not None and (executor is not None or int(workers) != workers or workers < 1):
+    if workers is not None and (executor is not None or type(workers) is not int or workers < 1):
         raise ValueError(f"workers must be an integer >= 1 and only goes with the default executor, got {workers!r}")
     labels = [{k: p[k] for k in p if k not in defn["fixed"]} for p in points]
     st = ScanStore(store)

@@ -412,6 +412,7 @@ class ScanStore:
             with h5py.File(check_readable(self.path), "r") as f:
                 if object_kind(f) != "scan":
                     raise ValueError(f"store: {self.path} exists and is not a scan store")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         try:
             for tmp in [*self.path.parent.glob(f".{self.path.name}.*.tmp"), *self.journal.glob(".*.tmp")]:
