@@ -13,7 +13,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import h5py
 import numpy as np
+
+from . import __version__
+from .scan import load_scan, run_ode, run_simulation, scan
+from .storage import atomic_file, check_readable, load_trajectory, object_kind, trajectory_names, write_result
+from .trajectory import Trajectory
 
 OUT = "onlinemdl_out"
 _ERRORS = (ValueError, OSError, RuntimeError, KeyError, ImportError)
@@ -69,12 +75,10 @@ MODEL_OPTIONS = (
 )
 
 
-def _add_options(parser, run, options, skip=()):
+def _add_options(parser, run, options):
     defaults = inspect.signature(run).parameters
     for name, kind, text in options:
         dest = name.replace("-", "_")
-        if dest in skip:
-            continue
         default = defaults[dest].default
         kw = dict(choices=kind) if isinstance(kind, tuple) else dict(type=kind, metavar=dest.upper())
         shown = "" if default is None else f" (default: {','.join(default) if isinstance(default, tuple) else default})"
@@ -88,10 +92,10 @@ def _spec(args, run):
 # --------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------
-def _check_target(path):
+def _check_target(path, hdf5=True):
+    """``path`` as a Path, if it can be written: an existing HDF5 file (to update) or a new file."""
     path = Path(path)
-    if path.exists():
-        from .storage import check_readable
+    if hdf5 and path.exists():
         check_readable(path)
     for parent in path.parents:
         if parent.exists():
@@ -106,7 +110,6 @@ def _write(h5=None, objects=None, png=None, figure=None):
     names, keeping the others) and ``figure`` to ``png``, each file atomically; print the paths."""
     written = []
     if h5 is not None:
-        from .storage import atomic_file, write_result
         h5.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(h5) as f:
             for name, obj in objects.items():
@@ -151,11 +154,10 @@ def _figure(trajs, labels=None, plateaus=False, title=""):
 # Commands
 # --------------------------------------------------------------------------------------
 def cmd_demo(args):
-    from .scan import run_ode, run_simulation
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} is not a directory")
-    h5, png = _check_target(out / "demo.h5"), out / "demo.png"
+    h5, png = _check_target(out / "demo.h5"), _check_target(out / "demo.png", hdf5=False)
     common = dict(eta=args.eta, alpha_max=args.alpha_max)
     ode = run_ode(**common)
     p = ode.params
@@ -174,7 +176,6 @@ def cmd_demo(args):
 
 
 def cmd_ode(args):
-    from .scan import run_ode
     out = _check_target(args.out)
     traj = run_ode(**_spec(args, run_ode))
     print(f"ode: {_final(traj)}")
@@ -182,7 +183,6 @@ def cmd_ode(args):
 
 
 def cmd_simulate(args):
-    from .scan import run_simulation
     out = _check_target(args.out)
     traj = run_simulation(**_spec(args, run_simulation))
     print(f"simulate: {_final(traj)}")
@@ -210,7 +210,6 @@ def _load_config(path):
 
 
 def _resolve_run(name):
-    from .scan import run_ode, run_simulation
     if name in ("ode", "simulate"):
         return run_ode if name == "ode" else run_simulation
     module, _, func = str(name).partition(":")
@@ -223,12 +222,11 @@ def _resolve_run(name):
 
 
 def cmd_scan(args):
-    from .scan import scan
     config = _load_config(args.config)
     run = _resolve_run(config.get("run", "ode"))
     store = Path(args.store) if args.store else Path(args.config).parent / config.get("store", "scan.h5")
-    workers = args.workers or config.get("workers")
-    scheduler = args.scheduler or config.get("scheduler")
+    workers = config.get("workers") if args.workers is None else args.workers
+    scheduler = config.get("scheduler") if args.scheduler is None else args.scheduler
     grid = config.get("grid", config.get("points"))
     client = None
     if scheduler:
@@ -256,7 +254,6 @@ def _label(res, idx) -> str:
 
 def _outcome(result) -> str:
     """One-line account of a scan point's result."""
-    from .trajectory import Trajectory
     if not isinstance(result, Trajectory):
         return ", ".join(f"{k}={v}" for k, v in result.items() if np.ndim(v) == 0)
     eps = result.eps_g
@@ -266,11 +263,8 @@ def _outcome(result) -> str:
 
 
 def cmd_plot(args):
-    import h5py
-    from .scan import load_scan
-    from .storage import check_readable, load_trajectory, object_kind, trajectory_names
     path = check_readable(args.file)
-    png = _check_target(Path(args.out) if args.out else path.with_suffix(".png"))
+    png = _check_target(Path(args.out) if args.out else path.with_suffix(".png"), hdf5=False)
     with h5py.File(path, "r") as f:
         kind = object_kind(f)
         names = [] if kind in ("scan", "Trajectory") else trajectory_names(f)
@@ -306,12 +300,10 @@ def _para(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``onlinemdl`` argument parser."""
-    from .scan import run_ode, run_simulation
     parser = _Parser(prog="onlinemdl", formatter_class=FORMAT,
                      description=_para("On-line learning dynamics of mode decomposition learning: ODEs, SGD simulations, "
                                  "scans and figures.\nWithout a command, runs 'demo'."),
                      epilog="Each command has its own --help, e.g. 'onlinemdl ode --help'.")
-    from . import __version__
     parser.add_argument("--version", action="version", version=f"onlinemdl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
