@@ -195,6 +195,8 @@ def _load_config(path):
     except ImportError:  # Python < 3.11
         import tomli as tomllib
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     try:
         with open(path, "rb") as f:
             config = tomllib.load(f)

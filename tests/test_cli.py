@@ -155,7 +155,7 @@ def test_scan_points_on_a_dask_scheduler(cli, tmp_path):
     (["ode", *TINY, "--out", "notes.txt"], "notes.txt: not an HDF5 file"),
     (["plot", "missing.h5"], "missing.h5: no such file"),
     (["plot", "notes.txt"], "notes.txt: not an HDF5 file"),
-    (["scan", "missing.toml"], "No such file or directory"),
+    (["scan", "missing.toml"], "missing.toml: no such file"),
     (["scan", "notes.txt"], "notes.txt: Expected '=' after a key"),
     (["scan", "extra.toml"], "unknown keys ['gird']"),
     (["scan", "badrun.toml"], "run: cannot import 'nowhere:f'"),
