@@ -122,7 +122,10 @@ def I4(caa, cbb, ccc, cdd, cab, cac, cad, cbc, cbd, ccd, act):
 def eps_g(Q, R, T, v, vt, act):
     """Generalisation error 0.5 E[(yhat - y_clean)^2] from the order parameters.
 
-    Label noise is excluded (add ``sigma^2 / 2`` for the test error on noisy labels).
+    Label noise is excluded (add ``sigma^2 / 2`` for the test error on noisy labels). The
+    result is clipped at 0: near perfect alignment the arcsin arguments sit at +-1, where
+    rounding of the order parameters (1e-16) is amplified to about 1e-12 and could make the
+    sum of cancelling terms slightly negative.
     """
     K = Q.shape[0]
     M = T.shape[0]
@@ -136,7 +139,7 @@ def eps_g(Q, R, T, v, vt, act):
     for i in range(K):
         for n in range(M):
             e -= 2.0 * v[i] * vt[n] * I2(Q[i, i], T[n, n], R[i, n], act)
-    return 0.5 * e
+    return max(0.5 * e, 0.0)
 
 
 def covariance_check(C, name="C"):

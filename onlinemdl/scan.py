@@ -13,6 +13,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -320,6 +321,10 @@ def scan(grid, run=None, store="scan.h5", *, fixed=None, executor=None, workers=
     defn = definition(grid, name, fixed)
     axes, points, _ = expand(defn)
     _check_signature(run, name, points)
+    if executor is None and run.__module__ == "__main__" and not hasattr(sys.modules["__main__"], "__file__"):
+        raise ValueError(f"run: {run.__qualname__} is defined interactively (a notebook or the REPL), where the "
+                         "default worker processes cannot import it; define it in a module, or pass "
+                         "executor=concurrent.futures.ThreadPoolExecutor()")
     if workers is not None and (executor is not None or type(workers) is not int or workers < 1):
         raise ValueError(f"workers must be an integer >= 1 and only goes with the default executor, got {workers!r}")
     labels = [{k: p[k] for k in p if k not in defn["fixed"]} for p in points]

@@ -209,3 +209,15 @@ def test_run_ode_records_its_spec():
         run_ode(N=10, M=2, K=3)
     with pytest.raises(ValueError, match="teacher must be"):
         run_ode(teacher="nope")
+
+
+def test_interactive_run_function_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    def myrun(eta):
+        raise AssertionError("must not run")
+
+    myrun.__module__ = "__main__"
+    monkeypatch.delattr(sys.modules["__main__"], "__file__", raising=False)
+    store = tmp_path / "s.h5"
+    with pytest.raises(ValueError, match="interactively"):
+        scan({"eta": [1.0]}, run=myrun, store=str(store), progress=False)
+    assert not store.exists()
