@@ -215,7 +215,8 @@ def test_interactive_run_function_is_refused_before_anything_is_written(tmp_path
     def myrun(eta):
         raise AssertionError("must not run")
 
-    myrun.__module__ = "__main__"
+    myrun.__module__, myrun.__qualname__ = "__main__", "myrun"  # as defined in a notebook cell
+    monkeypatch.setattr(sys.modules["__main__"], "myrun", myrun, raising=False)
     monkeypatch.delattr(sys.modules["__main__"], "__file__", raising=False)
     store = tmp_path / "s.h5"
     with pytest.raises(ValueError, match="interactively"):
