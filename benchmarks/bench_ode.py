@@ -39,7 +39,6 @@ def numpy_rhs(Q, R, T, v, vt, eta):
         d[:K, None, None] * np.sqrt(L3)[:, None, :])  # [i, z, k]
     E_dz = v[:, None] * np.einsum("izk,k->iz", I3, c)  # E[delta_i f_z]
     # I4(i, j, k, l)
-    Sa, Sb = S[a][:, None, :, None], S[b][None, :, :, None]
     Saa, Sbb = d[a][:, None, None, None], d[b][None, :, None, None]
     Sab = S[np.ix_(a, b)][:, :, None, None]
     Sak, Sbk = S[a][:, None, :, None], S[b][None, :, :, None]
@@ -56,7 +55,6 @@ def numpy_rhs(Q, R, T, v, vt, eta):
 
 
 def main():
-    rng = np.random.default_rng(0)
     K = M = 8
     teacher = om.Teacher.orthonormal(1000, M, rng=0)
     student = om.Student.full(1000, K, init="small", rng=1, scale=2.0)

@@ -7,7 +7,7 @@ the theory behind the escape-time prediction are in ``theory/fixed_points.md``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.integrate import solve_ivp
@@ -26,16 +26,7 @@ def _single(traj: Trajectory, replica=None) -> Trajectory:
     """The trajectory without a replica axis: one replica, or the replica mean (``replica=None``)."""
     if traj.eps_g.ndim == 1:
         return traj
-    if replica is None:
-        return traj.mean()
-    if not (isinstance(replica, (int, np.integer)) and 0 <= replica < traj.replicas):
-        raise ValueError(f"replica must be an integer in [0, {traj.replicas - 1}], got {replica!r}")
-    picked = {}
-    for name in ("eps_g", "Q", "R", "Rm", "S", "lam", "A", "v", "eps_test"):
-        arr = getattr(traj, name)
-        if arr is not None:
-            picked[name] = arr[replica]
-    return replace(traj, diverged=None, alpha_diverged=None, **picked)
+    return traj.mean() if replica is None else traj.replica(replica)
 
 
 def _diag(X):

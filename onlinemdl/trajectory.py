@@ -88,6 +88,17 @@ class Trajectory:
             return a.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(a.shape[1:])
         return self._stat(sem)
 
+    def replica(self, i) -> "Trajectory":
+        """Replica ``i`` of a simulation, without the replica axis."""
+        if self.eps_g.ndim == 1:
+            if i != 0:
+                raise ValueError(f"replica must be 0 for a trajectory without replicas, got {i!r}")
+            return self
+        if not (isinstance(i, (int, np.integer)) and 0 <= i < self.replicas):
+            raise ValueError(f"replica must be an integer in [0, {self.replicas - 1}], got {i!r}")
+        picked = {name: getattr(self, name)[i] for name in SERIES if getattr(self, name) is not None}
+        return replace(self, diverged=None, alpha_diverged=None, **picked)
+
     def at(self, alpha) -> int:
         """Index of the grid point nearest to ``alpha``."""
         return int(np.argmin(np.abs(self.alpha - alpha)))

@@ -27,7 +27,6 @@ def one_step_by_design(student, x, y, eta, eta_lam, eta_A, eta_v):
 
 
 def test_one_network_step_is_the_design_update():
-    teacher = om.Teacher.modes(N=50, M=3, rng=0)
     student = om.Student.modes(N=50, K=3, p=4, rng=1, train=("xi", "lam", "A", "v"))
     net = network_from_student(student)
     np.testing.assert_allclose(net.layers[0].weight(), student.W)

@@ -1,5 +1,4 @@
 """HDF5 storage: exact round-trips of every Trajectory kind and parameter type, atomic writes."""
-import os
 import signal
 import subprocess
 import sys
