@@ -7,7 +7,7 @@ A network's first layer is either a full matrix ``W`` (K x N) or mode-decomposed
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -140,11 +140,11 @@ class Teacher:
         return cls((A * lam) @ Xi.T, A=A, lam=lam, Xi=Xi, **kw)
 
 
-@dataclass
 class Student:
     """Student committee with a full or a mode-decomposed first layer.
 
-    Build it with :meth:`full`, :meth:`modes` or :meth:`from_teacher_modes`.
+    Build it with :meth:`full`, :meth:`modes` or :meth:`from_teacher_modes`, or directly from
+    ``W`` (full) or ``A``, ``lam``, ``Xi`` (modes).
 
     Attributes
     ----------
@@ -157,24 +157,16 @@ class Student:
     batch : mini-batch size (the O(eta^2) terms of the dynamics carry 1 / batch).
     """
 
-    W_full: np.ndarray | None = None
-    A: np.ndarray | None = None
-    lam: np.ndarray | None = None
-    Xi: np.ndarray | None = None
-    v: np.ndarray = None
-    train: tuple = None
-    weight_decay: float = 0.0
-    batch: int = 1
-    activation: str = "erf"
-    meta: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.W_full is not None:
+    def __init__(self, W=None, A=None, lam=None, Xi=None, v=None, train=None, weight_decay=0.0, batch=1,
+                 activation="erf"):
+        self._W, self.A, self.lam, self.Xi = W, A, lam, Xi
+        self.v, self.train, self.weight_decay, self.batch, self.activation = v, train, weight_decay, batch, activation
+        if self._W is not None:
             if self.Xi is not None or self.A is not None or self.lam is not None:
                 raise ValueError("give either W (full student) or A, lam, Xi (mode student), not both")
-            self.W_full = np.ascontiguousarray(self.W_full, dtype=float)
-            if self.W_full.ndim != 2:
-                raise ValueError(f"W must be a (K, N) matrix, got shape {self.W_full.shape}")
+            self._W = np.ascontiguousarray(self._W, dtype=float)
+            if self._W.ndim != 2:
+                raise ValueError(f"W must be a (K, N) matrix, got shape {self._W.shape}")
             allowed = FULL_FACTORS
             default_train = ("w",)
         else:
@@ -192,10 +184,9 @@ class Student:
                 raise ValueError(f"p must be <= N, got p={p}, N={self.N}")
             allowed = MODE_FACTORS
             default_train = ("xi", "lam", "A")
-        for name in ("W_full", "A", "lam", "Xi"):
-            arr = getattr(self, name)
+        for name, arr in (("W", self._W), ("A", self.A), ("lam", self.lam), ("Xi", self.Xi)):
             if arr is not None and not np.all(np.isfinite(arr)):
-                raise ValueError(f"{'W' if name == 'W_full' else name} must be finite")
+                raise ValueError(f"{name} must be finite")
         train = default_train if self.train is None else self.train
         if isinstance(train, str):
             train = (train,)
@@ -210,18 +201,22 @@ class Student:
         self.batch = _check_int("batch", self.batch)
         _check_activation(self.activation)
 
+    def __repr__(self):
+        shape = f"K={self.K}, N={self.N}" + (f", p={self.p}" if self.is_modes else "")
+        return f"Student({'modes' if self.is_modes else 'full'}, {shape}, train={self.train}, {self.activation})"
+
     # --- shapes -----------------------------------------------------------------------
     @property
     def is_modes(self) -> bool:
-        return self.W_full is None
+        return self._W is None
 
     @property
     def K(self) -> int:
-        return (self.W_full if self.W_full is not None else self.A).shape[0]
+        return (self._W if self._W is not None else self.A).shape[0]
 
     @property
     def N(self) -> int:
-        return self.W_full.shape[1] if self.W_full is not None else self.Xi.shape[0]
+        return self._W.shape[1] if self._W is not None else self.Xi.shape[0]
 
     @property
     def p(self) -> int | None:
@@ -230,8 +225,8 @@ class Student:
     @property
     def W(self) -> np.ndarray:
         """First-layer weights (K x N); ``A diag(lam) Xi^T`` for a mode student."""
-        if self.W_full is not None:
-            return self.W_full
+        if self._W is not None:
+            return self._W
         return (self.A * self.lam) @ self.Xi.T
 
     # --- order parameters -------------------------------------------------------------
@@ -249,7 +244,7 @@ class Student:
             C = self.A * self.lam
             out.update(Rm=Rm, S=S, Q=C @ Rm @ C.T, R=C @ S)
         else:
-            W = self.W_full
+            W = self._W
             out.update(Q=W @ W.T / N, R=W @ teacher.B.T / N)
         return out
 
@@ -283,7 +278,7 @@ class Student:
             W = overlap * rows + math.sqrt(1.0 - overlap**2) * g.standard_normal((K, N))
         else:
             raise ValueError(f'init must be one of "large", "small", "informed", got {init!r}')
-        return cls(W_full=W, **kw)
+        return cls(W=W, **kw)
 
     @classmethod
     def modes(cls, N, K, p, rng=None, **kw) -> "Student":

@@ -198,7 +198,7 @@ def test_student_equal_to_teacher_is_a_fixed_point(modes):
         student = om.Student(A=teacher.A, lam=teacher.lam, Xi=teacher.Xi, v=teacher.vt, train=("xi", "lam", "A", "v"))
     else:
         teacher = om.Teacher.random(50, 3, rng=0)
-        student = om.Student(W_full=teacher.B, v=teacher.vt, train=("w", "v"))
+        student = om.Student(W=teacher.B, v=teacher.vt, train=("w", "v"))
     system, state = OdeSystem.from_networks(student, teacher, eta=2.0)
     y = system.pack(state)
     assert system.eps_g(y) == pytest.approx(0.0, abs=1e-14)

@@ -34,7 +34,7 @@ def network_from_student(student, dtype="float64"):
         params = {"Xi": student.Xi, "lam": student.lam, "A": student.A}
     else:
         first = {"type": "dense", "W": "W", "b": None, "scale": s}
-        params = {"W": student.W_full}
+        params = {"W": student.W}
     params["v"] = student.v[None, :]
     params = {k: np.array(v, dtype=dtype) for k, v in params.items()}
     specs = [first, {"type": "dense", "W": "v", "b": None}]
