@@ -95,6 +95,15 @@ def _apply_factor_gradients(A, lam, v, C, gl, gA, gv, scale, eta_lam, eta_A, eta
 
 
 @njit(cache=True, nogil=True)
+def _factor_workspace(A, lam):
+    """``C = A diag(lam)``, buffers for h and delta, and zeroed gradient accumulators of lam, A, v."""
+    K, r = A.shape
+    C = np.empty((K, r))
+    _mixing(A, lam, C)
+    return C, np.empty(K), np.empty(K), np.zeros(r), np.zeros((K, r)), np.zeros(K)
+
+
+@njit(cache=True, nogil=True)
 def _mixing(A, lam, C):
     for i in range(C.shape[0]):
         for a in range(C.shape[1]):
@@ -161,18 +170,13 @@ def _explicit_replica(Wt, B, A, lam, v, vt, eta, eta_lam, eta_A, eta_v, sigma, w
     """
     r, N = Wt.shape
     M = B.shape[0]
-    K = A.shape[0]
     rs = 1.0 / math.sqrt(N)
-    C = np.empty((K, r))
-    _mixing(A, lam, C)
+    C, h, delta, gl, gA, gv = _factor_workspace(A, lam)
     Xnew = np.empty((batch, N))
     Xold = np.zeros((batch, N))
     S = np.empty((batch, r))
     U = np.empty((batch, M))
-    h = np.empty(K)
-    delta = np.empty(K)
     coef = np.zeros((batch, r))
-    gl, gA, gv = np.zeros(r), np.zeros((K, r)), np.zeros(K)
     decay = 1.0 - eta * wd / N
     shrink = 1.0
     step = 0
@@ -299,18 +303,13 @@ def _gram_replica(Gfull, N, M, A, lam, v, vt, eta, eta_lam, eta_A, eta_v, sigma,
     """
     n = Gfull.shape[0]
     r = n - M
-    K = A.shape[0]
-    C = np.empty((K, r))
-    _mixing(A, lam, C)
+    C, h, delta, gl, gA, gv = _factor_workspace(A, lam)
     L = np.zeros((n, n))
     z = np.empty((batch, n))
     f = np.empty((batch, n))
     d = np.empty((batch, r))
-    h = np.empty(K)
-    delta = np.empty(K)
     XX = np.empty((batch, batch))
     Wb = np.zeros((batch, batch))
-    gl, gA, gv = np.zeros(r), np.zeros((K, r)), np.zeros(K)
     tol_scale = 0.0
     for j in range(n):
         tol_scale = max(tol_scale, Gfull[j, j])
