@@ -610,7 +610,7 @@ def _run_adaptive(system, y0, alpha, method, rtol, atol, max_q):
                         atol=atol, events=runaway, **kw)
     except ValueError as err:
         raise ValueError(f"method: {err}") from None
-    ys = sol.y.T
+    ys = np.asarray(sol.y, dtype=float).reshape(y0.size, -1).T  # (0, n) when stopped before the first output
     finite = np.all(np.isfinite(ys), axis=1)
     ys = ys[: int(np.argmin(finite)) if not finite.all() else len(ys)]
     if sol.status == 1:
@@ -623,7 +623,11 @@ def _run_adaptive(system, y0, alpha, method, rtol, atol, max_q):
 
 def _trajectory(system, alpha, ys, N, status, message, nfev, method, wall, extra):
     states = [system.unpack(y) for y in ys]
-    stack = lambda key: np.array([s[key] for s in states]) if states else None
+    template = system.unpack(np.zeros(ys.shape[1]))
+
+    def stack(key):
+        return np.array([s[key] for s in states]) if states else np.empty((0,) + np.shape(template[key]))
+
     Q, R, v = stack("Q"), stack("R"), stack("v")
     eps = np.array([_eps_g(s["Q"], s["R"], system.T, s["v"], system.vt, system.act) for s in states])
     params = system.params()

@@ -52,6 +52,16 @@ class Trajectory:
     diverged: np.ndarray | None = None
     alpha_diverged: np.ndarray | None = None
 
+    def __repr__(self):
+        if self.alpha.size == 0:
+            return f"Trajectory({self.kind}, empty, status={self.status!r}: {self.message})"
+        eps = self.eps_g if self.eps_g.ndim == 1 else np.nanmean(self.eps_g, axis=0)
+        reps = f", replicas={self.replicas}" if self.eps_g.ndim == 2 else ""
+        form = self.params.get("form", "")
+        return (f"Trajectory({self.kind}{' ' + form if form else ''}, K={self.K}, M={self.M}{reps}, "
+                f"{self.alpha.size} points, alpha {self.alpha[0]:g}..{self.alpha[-1]:g}, "
+                f"eps_g {eps[0]:.3g} -> {eps[-1]:.3g}, status={self.status!r})")
+
     @property
     def replicas(self) -> int:
         """Number of replicas (1 for an ODE or a single simulation)."""

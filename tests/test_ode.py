@@ -271,3 +271,20 @@ def test_seeds_reproduce_models():
     np.testing.assert_array_equal(a.B, b.B)
     assert a.Xi.shape == (40, round(np.log(40)))
     np.testing.assert_allclose(om.Teacher.orthonormal(40, 3, rng=1).T, np.eye(3), atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["auto", "euler"])
+def test_divergence_before_the_first_output_gives_an_empty_trajectory(method):
+    teacher = om.Teacher.orthonormal(100, 2, rng=0, activation="linear")
+    student = om.Student.full(100, 2, rng=1, activation="linear")
+    traj = om.integrate(student, teacher, eta=50.0, alpha=[5.0, 10.0], method=method)
+    assert traj.status == "diverged" and traj.alpha.size == 0
+    assert traj.Q.shape == (0, 2, 2) and traj.eps_g.shape == (0,)
+    assert "diverged at alpha" in repr(traj)
+
+
+def test_trajectory_repr_is_a_summary():
+    teacher = om.Teacher.modes(30, 8, rng=0)
+    traj = om.integrate(om.Student.from_teacher_modes(teacher, rng=1), teacher, eta=5.0, alpha_max=10.0)
+    text = repr(traj)
+    assert text.startswith("Trajectory(ode modes, K=8, M=8, 201 points") and "status='ok'" in text
