@@ -525,7 +525,7 @@ def _max_q(system, state, max_norm):
     return max_norm * scale
 
 
-def integrate(student: Student | None = None, teacher: Teacher | None = None, *, eta, alpha_max=None, alpha=None,
+def integrate(student: Student | None = None, teacher: Teacher | None = None, *, eta=None, alpha_max=None, alpha=None,
               eta_lam=None, eta_A=None, eta_v=None, method="auto", rtol=1e-8, atol=1e-10, step=None, points=200,
               state=None, system=None, form=None, max_norm=1e2) -> Trajectory:
     """Integrate the order-parameter ODEs from the networks' own order parameters.
@@ -542,7 +542,8 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
         mirroring discrete SGD).
     rtol, atol : tolerances of the adaptive methods.
     state, system : instead of networks, order parameters given directly and the
-        :class:`OdeSystem` built by ``OdeSystem.from_state`` (then ``eta`` etc. come from it).
+        :class:`OdeSystem` built by ``OdeSystem.from_state`` (its rates are used; ``eta`` and the
+        other rates must then not be given).
     form : "full", "modes" or "reduced" (default: the networks' own form).
     max_norm : the run is marked "diverged" once a squared weight norm (``Q_ii`` or an entry of
         the mode state) exceeds ``max_norm`` times its scale (1, ``T_nn``, initial ``Q``).
@@ -555,11 +556,15 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
     if system is None:
         if student is None or teacher is None:
             raise ValueError("give student and teacher, or state= and system=")
+        if eta is None:
+            raise ValueError("eta must be given (the learning rate of the N-dimensional weights)")
         system, state = OdeSystem.from_networks(student, teacher, eta, eta_lam, eta_A, eta_v, form=form)
         N = student.N
     else:
         if state is None:
             raise ValueError("system= needs state=")
+        if any(r is not None for r in (eta, eta_lam, eta_A, eta_v)):
+            raise ValueError("eta, eta_lam, eta_A, eta_v come from system=; set them in OdeSystem.from_state")
         N = None
     if alpha is None:
         if alpha_max is None:

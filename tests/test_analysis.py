@@ -297,7 +297,7 @@ def test_escape_time_matches_plateau_length(saddle):
     for e in eps0:
         state = dict(fp.state, R=fp.state["R"] + e * B)
         alpha = np.linspace(0.0, an.escape_time(fp, e) + 2000, 4000)
-        traj = om.integrate(state=state, system=system, eta=1.0, alpha=alpha, rtol=1e-10, atol=1e-14)
+        traj = om.integrate(state=state, system=system, alpha=alpha, rtol=1e-10, atol=1e-14)
         found = an.find_plateaus(traj)
         assert len(found) == 0  # started on the plateau: it ends at the onset of the first descent
         measured.append(found.onset)

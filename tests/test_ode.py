@@ -243,12 +243,21 @@ def test_divergence_is_reported_not_nan():
     (dict(eta=-1.0), "eta"), (dict(eta=float("nan")), "eta"), (dict(eta=1.0), "alpha_max"),
     (dict(eta=1.0, alpha_max=-5), "alpha_max"), (dict(eta=1.0, alpha=[0, 2, 1]), "alpha"),
     (dict(eta=1.0, alpha_max=1, eta_lam=-2), "eta_lam"), (dict(eta=1.0, alpha_max=1, method="nope"), "method"),
+    (dict(alpha_max=1), "eta must be given"),
 ])
 def test_bad_arguments(kwargs, match):
     teacher = om.Teacher.modes(30, 3, rng=0)
     student = om.Student.from_teacher_modes(teacher, rng=1)
     with pytest.raises(ValueError, match=match):
         om.integrate(student, teacher, **kwargs)
+
+
+def test_rates_come_from_a_given_system():
+    system = OdeSystem.from_state(dict(Q=np.eye(2), R=np.zeros((2, 2))), T=np.eye(2), eta=0.5)
+    traj = om.integrate(state=dict(Q=np.eye(2), R=np.zeros((2, 2))), system=system, alpha=[0.0, 1.0])
+    assert traj.params["eta"] == 0.5
+    with pytest.raises(ValueError, match="come from system="):
+        om.integrate(state=dict(Q=np.eye(2), R=np.zeros((2, 2))), system=system, eta=1.0, alpha=[0.0, 1.0])
 
 
 def test_bad_models():
