@@ -15,6 +15,7 @@ from scipy.linalg import expm
 from scipy.ndimage import gaussian_filter1d
 from scipy.optimize import linear_sum_assignment, root
 
+from .gaussian import joint_covariance
 from .ode import OdeSystem
 from .trajectory import Trajectory
 
@@ -513,14 +514,6 @@ def jacobian(system: OdeSystem, y, rel_step=1e-4) -> np.ndarray:
     return (4.0 * J2 - J1) / 3.0
 
 
-def _covariance(system, state):
-    if system.form == "modes":
-        X, Y = state["Rm"], state["S"]
-    else:
-        X, Y = state["Q"], state["R"]
-    return np.block([[X, Y], [Y.T, system.T]])
-
-
 def fixed_point(system: OdeSystem, guess, tol=1e-10, polish=8) -> FixedPoint:
     """Fixed point of ``system`` near ``guess`` (a state vector or a state dict).
 
@@ -548,7 +541,8 @@ def fixed_point(system: OdeSystem, guess, tol=1e-10, polish=8) -> FixedPoint:
     ev, V = np.linalg.eig(J)
     order = np.argsort(-ev.real, kind="stable")
     state = system.unpack(y)
-    cov = _covariance(system, state)
+    modes = system.form == "modes"
+    cov = joint_covariance(state["Rm" if modes else "Q"], state["S" if modes else "R"], system.T)
     physical = bool(np.linalg.eigvalsh(cov)[0] >= -1e-9 * max(1.0, np.max(np.abs(cov))))
     return FixedPoint(y=y, state=state, residual=residual, eigenvalues=ev[order], eigenvectors=V[:, order],
                       jacobian=J, eps_g=system.eps_g(y), physical=physical,

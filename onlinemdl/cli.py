@@ -132,13 +132,11 @@ def _write(h5=None, objects=None, png=None, figure=None):
 
 
 def _final(traj) -> str:
-    eps = traj.eps_g
-    if eps.ndim == 2:
-        keep = eps[~traj.diverged] if traj.diverged is not None and not traj.diverged.all() else eps
-        eps = keep.mean(axis=0)
-        label = f"eps_g (mean of {keep.shape[0]} replicas)"
-    else:
-        label = "eps_g"
+    eps = traj.mean().eps_g
+    label = "eps_g"
+    if traj.eps_g.ndim == 2:
+        kept = traj.replicas - (0 if traj.diverged is None else int(np.sum(traj.diverged)))
+        label = f"eps_g (mean of {kept} replicas)"
     return (f"{label} {eps[0]:.3g} at alpha = 0 -> {eps[-1]:.3g} at alpha = {traj.alpha[len(eps) - 1]:.3g}; "
             f"{traj.status}: {traj.message} [{traj.params.get('wall_time', 0.0):.1f} s]")
 

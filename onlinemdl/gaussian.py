@@ -142,6 +142,11 @@ def eps_g(Q, R, T, v, vt, act):
     return max(0.5 * e, 0.0)
 
 
+def joint_covariance(G, S, T):
+    """Covariance ``[[G, S], [S^T, T]]`` of the student-side fields and the teacher's fields."""
+    return np.block([[G, S], [np.transpose(S), T]])
+
+
 def covariance_check(C, name="C"):
     """Raise ValueError unless ``C`` is a finite symmetric positive semi-definite matrix."""
     C = np.asarray(C, dtype=float)

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 from scipy.integrate import solve_ivp
 
-from .gaussian import I2, J2, LINEAR, activation_code, covariance_check, eps_g as _eps_g
+from .gaussian import I2, J2, LINEAR, activation_code, covariance_check, eps_g as _eps_g, joint_covariance
 from .model import Student, Teacher
 from .trajectory import Trajectory
 
@@ -332,8 +332,7 @@ class OdeSystem:
                 raise ValueError(f"A must be (K, p) with p={p}, got {A.shape}")
             if np.shape(state["S"]) != (p, M):
                 raise ValueError(f"S must be (p, M) = ({p}, {M}), got {np.shape(state['S'])}")
-            Gm = np.block([[state["Rm"], state["S"]], [np.transpose(state["S"]), T]])
-            covariance_check(Gm, "[[Rm, S], [S^T, T]]")
+            covariance_check(joint_covariance(state["Rm"], state["S"], T), "[[Rm, S], [S^T, T]]")
             allowed = ("xi", "lam", "A", "v")
             train = ("xi", "lam", "A") if train is None else tuple(train)
         else:
@@ -342,7 +341,7 @@ class OdeSystem:
             K = np.shape(state["Q"])[0]
             if np.shape(state["R"]) != (K, M):
                 raise ValueError(f"R must be (K, M) = ({K}, {M}), got {np.shape(state['R'])}")
-            covariance_check(np.block([[state["Q"], state["R"]], [np.transpose(state["R"]), T]]), "[[Q, R], [R^T, T]]")
+            covariance_check(joint_covariance(state["Q"], state["R"], T), "[[Q, R], [R^T, T]]")
             allowed = ("w", "v")
             train = ("w",) if train is None else tuple(train)
             A = lam = None

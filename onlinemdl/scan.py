@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from .model import Student, Teacher, default_modes
 from .ode import integrate
+from .sgd import simulate
 from .storage import ScanStore, object_kind, point_image, read_record, read_result, record_keys
 
 
@@ -95,8 +96,6 @@ def run_simulation(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-
     processes, set ``threads=1`` to keep one thread per process.
     """
     spec = dict(locals())
-    from .sgd import simulate
-
     t, s = networks(**{k: spec[k] for k in NETWORK_PARAMS})
     traj = simulate(s, t, eta=eta, eta_lam=eta_lam, eta_A=eta_A, eta_v=eta_v, alpha_max=alpha_max, points=points,
                     replicas=replicas, seed=seed, method=method, threads=threads)

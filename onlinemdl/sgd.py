@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
-from .gaussian import activation_code, dg, eps_g as _eps_g, g
+from .gaussian import activation_code, dg, eps_g as _eps_g, g, joint_covariance
 from .model import Student, Teacher
 from .ode import _check_alpha, _rate, alpha_grid
 from .trajectory import Trajectory
@@ -428,10 +428,7 @@ def simulate(student: Student, teacher: Teacher, *, eta, alpha_max=None, alpha=N
     Trajectory (kind "sgd") with a leading replica axis on the series when ``replicas > 1``;
     diverged replicas are flagged in ``diverged`` and hold NaN after ``alpha_diverged``.
     """
-    if teacher.N != student.N:
-        raise ValueError(f"teacher and student must share N, got {teacher.N} and {student.N}")
-    if teacher.activation != student.activation:
-        raise ValueError("teacher and student must share the activation")
+    op = student.order_parameters(teacher)  # also checks that N and the activation agree
     if method not in ("explicit", "gram"):
         raise ValueError(f'method must be "explicit" or "gram", got {method!r}')
     if not isinstance(replicas, (int, np.integer)) or replicas < 1:
@@ -462,12 +459,14 @@ def simulate(student: Student, teacher: Teacher, *, eta, alpha_max=None, alpha=N
     else:
         A0, lam0, W0 = np.eye(K), np.ones(K), student.W
     r = W0.shape[0]
-    op = student.order_parameters(teacher)
     T = op["T"]
     scale = max(1.0, float(np.max(np.diag(T))), float(np.max(np.abs(op["Q"]))))
     max_q = max_norm * scale
     flags = ("w" in train or "xi" in train, "lam" in train, "A" in train, "v" in train)
     n_rec = record.size
+    if method == "gram":  # Gram matrix of the teacher rows, then the trained rows
+        G, S = (op["Rm"], op["S"]) if student.is_modes else (op["Q"], op["R"])
+        Gfull = np.ascontiguousarray(joint_covariance(T, S.T, G))
     streams = [np.random.Generator(np.random.PCG64(s)) for s in np.random.SeedSequence(seed).spawn(replicas)]
     outs = [dict(G=np.full((n_rec, r, r), np.nan), S=np.full((n_rec, r, M), np.nan),
                  A=np.full((n_rec, K, r), np.nan), lam=np.full((n_rec, r), np.nan), v=np.full((n_rec, K), np.nan),
@@ -484,9 +483,7 @@ def simulate(student: Student, teacher: Teacher, *, eta, alpha_max=None, alpha=N
             return _explicit_replica(np.array(W0, order="C"), teacher.B, A, lam, v,
                                      teacher.vt, *common, Xtest, rng, o["G"], o["S"], o["A"], o["lam"], o["v"],
                                      o["test"])
-        Gfull = np.block([[T, op["S" if student.is_modes else "R"].T],
-                          [op["S" if student.is_modes else "R"], op["Rm" if student.is_modes else "Q"]]])
-        return _gram_replica(np.ascontiguousarray(Gfull), N, M, A, lam, v, teacher.vt, *common, rng,
+        return _gram_replica(Gfull.copy(), N, M, A, lam, v, teacher.vt, *common, rng,
                              o["G"], o["S"], o["A"], o["lam"], o["v"])
 
     t0 = time.perf_counter()

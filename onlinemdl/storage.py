@@ -238,15 +238,15 @@ def check_readable(path) -> Path:
 
 
 @contextmanager
-def atomic_file(path):
-    """Open a copy of the HDF5 file ``path`` (a new file if there is none) for writing.
+def atomic_file(path, fresh=False):
+    """Open a copy of the HDF5 file ``path`` (a new file if there is none, or with ``fresh``) for writing.
 
     On a clean exit the copy is flushed, synced and renamed over ``path`` (``os.replace``,
     atomic); on an exception it is removed and ``path`` is untouched. A writer killed
     meanwhile leaves ``path`` as it was, plus a hidden ``.NAME.*.tmp`` file next to it.
     """
     path = Path(path)
-    exists = path.exists()
+    exists = path.exists() and not fresh
     if exists:
         check_readable(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"

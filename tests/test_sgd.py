@@ -42,7 +42,7 @@ def test_explicit_and_gram_agree_in_distribution(case):
 
 
 def test_gram_detects_a_wrong_chain():
-    # the two-sample check has power: dropping the eta^2 |x|^2 term (N -> 4N in it) is caught
+    # the two-sample check has power: a chain whose eta^2 term is 4x too small (a batch of 4) is caught
     teacher, student = CASES["full"]()
     kw = dict(eta=1.5, alpha=[0.0, 10.0], replicas=300, seed=3, method="gram")
     ref = om.simulate(student, teacher, **kw)

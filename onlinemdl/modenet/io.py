@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import h5py
 import numpy as np
 
+from ..storage import atomic_file
 from .network import Network
 from .train import History
 
@@ -16,17 +15,9 @@ VERSION = 1
 
 
 def atomic_h5(path, write):
-    """Call ``write(h5file)`` on a temporary file in the folder of ``path``, then move it onto ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Call ``write(h5file)`` on a fresh file that replaces ``path`` atomically once complete."""
+    with atomic_file(path, fresh=True) as f:
+        write(f)
 
 
 def _write_dict(group, arrays):
