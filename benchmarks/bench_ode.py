@@ -56,8 +56,8 @@ def numpy_rhs(Q, R, T, v, vt, eta):
 
 def main():
     K = M = 8
-    teacher = om.Teacher.orthonormal(1000, M, rng=0)
-    student = om.Student.full(1000, K, init="small", rng=1, scale=2.0)
+    teacher = om.Teacher.orthonormal(1000, M, seed=0)
+    student = om.Student.full(1000, K, init="small", seed=1, scale=2.0)
     system, state = OdeSystem.from_networks(student, teacher, eta=1.0)
     y = system.pack(state)
     op = student.order_parameters(teacher)
@@ -80,8 +80,8 @@ def main():
     print(f"      final eps_g adaptive {ad.eps_g[-1]:.10e}  Euler {eu.eps_g[-1]:.10e}  "
           f"relative difference {abs(ad.eps_g[-1] / eu.eps_g[-1] - 1):.2e}")
 
-    teacher = om.Teacher.modes(30, 8, rng=0)
-    student = om.Student.from_teacher_modes(teacher, rng=1)
+    teacher = om.Teacher.modes(30, 8, seed=0)
+    student = om.Student.from_teacher_modes(teacher, seed=1)
     t_ad = median_time(lambda: om.integrate(student, teacher, eta=5.0, alpha_max=1e5), repeat=3)
     ad = om.integrate(student, teacher, eta=5.0, alpha_max=1e5)
     span = 1e3

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from onlinemdl.scan import definition, expand, load_scan, point_id, run_ode, scan
-from onlinemdl.storage import ScanStore, point_image
+from onlinemdl.recipes import run_ode
+from onlinemdl.scan import definition, expand, load_scan, point_id, scan
+from onlinemdl.scan_store import ScanStore, point_image
 
 GRID = {"eta": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0], "student_seed": list(range(1, 9))}
 FIXED = {"alpha_max": 1e5, "points": 100}

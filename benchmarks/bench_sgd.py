@@ -81,23 +81,23 @@ def main():
     cores = os.cpu_count()
     print(f"cores: {cores}")
     N = 1000
-    teacher = om.Teacher.orthonormal(N, 8, rng=0)
-    rates("full weights, N = 1000, K = M = 8", om.Student.full(N, 8, rng=1), teacher, 1.0, cores)
-    mteacher = om.Teacher.modes(N, 8, p=7, rng=0)
-    rates("mode student, N = 1000, K = M = 8, p = 7, Xi trained", om.Student.from_teacher_modes(mteacher, rng=1),
+    teacher = om.Teacher.orthonormal(N, 8, seed=0)
+    rates("full weights, N = 1000, K = M = 8", om.Student.full(N, 8, seed=1), teacher, 1.0, cores)
+    mteacher = om.Teacher.modes(N, 8, p=7, seed=0)
+    rates("mode student, N = 1000, K = M = 8, p = 7, Xi trained", om.Student.from_teacher_modes(mteacher, seed=1),
           mteacher, 1.0, cores)
 
     print("gram engine against N (K = M = 8 full weights, 2e5 steps):")
     base = None
     for N in (100, 1000, 10_000, 100_000, 1_000_000):
-        t = om.Teacher.random(N, 8, rng=0)
-        s = om.Student.full(N, 8, init="small", rng=1)
+        t = om.Teacher.random(N, 8, seed=0)
+        s = om.Student.full(N, 8, init="small", seed=1)
         dt = median(lambda: om.simulate(s, t, eta=1.0, alpha=[0.0, 2e5 / N], method="gram")) / 2e5
         base = base or dt
         print(f"  N = {N:>9,}: {1 / dt:12,.0f} steps/s   cost relative to N = 100: {dt / base:4.2f}")
 
-    teacher = om.Teacher.modes(30, 8, rng=0)
-    student = om.Student.from_teacher_modes(teacher, rng=1)
+    teacher = om.Teacher.modes(30, 8, seed=0)
+    student = om.Student.from_teacher_modes(teacher, seed=1)
     t0 = time.perf_counter()
     om.integrate(student, teacher, eta=5.0, alpha_max=1e5)
     sim = om.simulate(student, teacher, eta=5.0, alpha_max=1e5, replicas=4, seed=0, method="explicit")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -16,9 +15,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__
-from .scan import load_scan, run_ode, run_simulation, scan
-from .storage import atomic_file, check_readable, load_trajectory, object_kind, trajectory_names, write_result
+from ._version import __version__
+from .atomic import atomic_file, check_readable, staged_files
+from .dynamics import OPTIONS
+from .gaussian import ACTIVATIONS
+from .recipes import INITS, STUDENTS, TEACHERS, run_ode, run_simulation
+from .scan import load_scan, scan
+from .sgd import METHODS
+from .storage import load_trajectory, object_kind, trajectory_names, write_result
 from .trajectory import Trajectory
 
 OUT = "onlinemdl_out"
@@ -46,7 +50,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------------------
-# Options of the model (one to one with onlinemdl.scan.run_ode / run_simulation)
+# Options: the model (onlinemdl.recipes), the dynamics (onlinemdl.dynamics), the run
 # --------------------------------------------------------------------------------------
 def _names(text):
     return tuple(t.strip() for t in text.split(",") if t.strip())
@@ -57,19 +61,19 @@ MODEL_OPTIONS = (
     ("M", int, "teacher hidden units"),
     ("K", int, "student hidden units (default: M)"),
     ("p", int, "modes (default: round(ln N))"),
-    ("teacher", ("modes", "random", "orthonormal"), "teacher network"),
-    ("student", ("teacher-modes", "full", "modes"),
-     "student network; teacher-modes: fresh Xi, the teacher's A and lam (the paper's on-line setting)"),
-    ("init", ("large", "small", "informed"), "initial weights of a full student"),
+    ("teacher", TEACHERS, "teacher network"),
+    ("student", STUDENTS, "student network; teacher-modes: fresh Xi, the teacher's A and lam (the paper's on-line "
+                          "setting)"),
+    ("init", INITS, "initial weights of a full student"),
     ("train", _names, "trained factors, comma-separated: of w,v (full) or xi,lam,A,v (modes) "
                       "(default: xi for teacher-modes, w for full, xi,lam,A for modes)"),
-    ("teacher-seed", int, "seed of the teacher"),
-    ("student-seed", int, "seed of the student"),
-    ("sigma", float, "label noise"),
-    ("eta", float, "learning rate of the N-dimensional weights"),
-    ("eta-lam", float, "learning rate of lam (default: eta)"),
-    ("eta-A", float, "learning rate of A (default: eta)"),
-    ("eta-v", float, "learning rate of v (default: eta)"),
+    ("teacher-seed", int, "seed of the teacher (an integer >= 0)"),
+    ("student-seed", int, "seed of the student (an integer >= 0)"),
+)
+#: The options of the dynamics, with the help text of onlinemdl.dynamics.Dynamics.
+DYNAMICS_OPTIONS = tuple((name.replace("_", "-"), {"batch": int, "activation": tuple(ACTIVATIONS)}.get(name, float),
+                          text) for name, (_, text) in OPTIONS.items())
+RUN_OPTIONS = (
     ("alpha-max", float, "end time alpha = steps / N"),
     ("points", int, "log-spaced output times (plus alpha = 0)"),
 )
@@ -119,26 +123,11 @@ def _write(h5=None, objects=None, png=None, figure=None):
         written.append(h5)
     if png is not None:
         png.parent.mkdir(parents=True, exist_ok=True)
-        tmp = png.with_name(f".{png.name}.{os.getpid()}.tmp.png")
-        try:
+        with staged_files(png) as (tmp,):
             figure.savefig(tmp, dpi=120)
-            os.replace(tmp, png)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         written.append(png)
     for path in written:
         print(f"wrote {path}")
-
-
-def _final(traj) -> str:
-    eps = traj.mean().eps_g
-    label = "eps_g"
-    if traj.eps_g.ndim == 2:
-        kept = traj.replicas - (0 if traj.diverged is None else int(np.sum(traj.diverged)))
-        label = f"eps_g (mean of {kept} replicas)"
-    return (f"{label} {eps[0]:.3g} at alpha = 0 -> {eps[-1]:.3g} at alpha = {traj.alpha[len(eps) - 1]:.3g}; "
-            f"{traj.status}: {traj.message} [{traj.params.get('wall_time', 0.0):.1f} s]")
 
 
 def _figure(trajs, labels=None, plateaus=False, title=""):
@@ -161,9 +150,9 @@ def cmd_demo(args):
     p = ode.params
     print(f"onlinemdl demo: N={p['N']}, M=K={p['K']}, p={p['p']} modes, student trains {','.join(p['train'])}, "
           f"eta={p['eta']:g}, alpha up to {args.alpha_max:g}", flush=True)
-    print(f"ODE:        {_final(ode)}", flush=True)
+    print(f"ODE:        {ode.summary()}", flush=True)
     sim = run_simulation(**common, replicas=args.replicas, seed=args.seed, method=args.method, threads=args.threads)
-    print(f"simulation: {_final(sim)}", flush=True)
+    print(f"simulation: {sim.summary()}", flush=True)
     from .analysis import find_plateaus
     plateaus = find_plateaus(ode)
     print(f"ODE plateaus: {plateaus.summary()}")
@@ -176,14 +165,14 @@ def cmd_demo(args):
 def cmd_ode(args):
     out = _check_target(args.out)
     traj = run_ode(**_spec(args, run_ode))
-    print(f"ode: {_final(traj)}")
+    print(f"ode: {traj.summary()}")
     _write(out, {"ode": traj})
 
 
 def cmd_simulate(args):
     out = _check_target(args.out)
     traj = run_simulation(**_spec(args, run_simulation))
-    print(f"simulate: {_final(traj)}")
+    print(f"simulate: {traj.summary()}")
     _write(out, {"sim": traj})
 
 
@@ -316,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--alpha-max", type=float, default=1e5, metavar="ALPHA", help="end time (default: 1e5)")
     d.add_argument("--eta", type=float, default=5.0, help="learning rate (default: 5)")
     d.add_argument("--replicas", type=int, default=4, help="SGD replicas (default: 4)")
-    d.add_argument("--method", choices=("gram", "explicit"), default="gram",
-                   help="SGD engine: gram (exact reduced chain, cost independent of N) or explicit (default: gram)")
+    d.add_argument("--method", choices=METHODS, default=METHODS[0],
+                   help=f"SGD engine: gram (exact reduced chain, cost independent of N) or explicit (default: "
+                        f"{METHODS[0]})")
     d.add_argument("--seed", type=int, default=0, help="seed of the SGD input streams (default: 0)")
     d.add_argument("--threads", type=int, default=None, help="SGD threads (default: all cores)")
     d.add_argument("--out", default=OUT, help=f"output directory, created if needed (default: {OUT})")
@@ -327,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description=_para("Integrate the order-parameter ODEs of one teacher-student model and store the "
                                    "trajectory as the group 'ode' of --out (other groups of the file are kept)."),
                        epilog="example: onlinemdl ode --N 100 --eta 2 --alpha-max 1e4 --out run.h5")
-    _add_options(o, run_ode, MODEL_OPTIONS)
+    _add_options(o, run_ode, MODEL_OPTIONS + DYNAMICS_OPTIONS + RUN_OPTIONS)
     o.add_argument("--method", default="auto", help="auto (LSODA), a scipy solve_ivp method (Radau, BDF, RK45, DOP853) "
                                                      "or euler (default: auto)")
     o.add_argument("--out", default=f"{OUT}/ode.h5", help=f"HDF5 file (default: {OUT}/ode.h5)")
@@ -337,11 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description=_para("Simulate on-line SGD of one teacher-student model (replicas in parallel) and "
                                    "store the trajectory as the group 'sim' of --out (other groups are kept)."),
                        epilog="example: onlinemdl simulate --alpha-max 1e3 --replicas 8 --out run.h5")
-    _add_options(s, run_simulation, MODEL_OPTIONS)
+    _add_options(s, run_simulation, MODEL_OPTIONS + DYNAMICS_OPTIONS + RUN_OPTIONS)
     s.add_argument("--replicas", type=int, default=4, help="independent replicas (default: 4)")
     s.add_argument("--seed", type=int, default=0, help="seed of the input streams (default: 0)")
-    s.add_argument("--method", choices=("gram", "explicit"), default="gram", help="SGD engine (default: gram)")
+    s.add_argument("--method", choices=METHODS, default=METHODS[0],
+                   help=f"SGD engine: gram (exact reduced chain, cost independent of N) or explicit (default: "
+                        f"{METHODS[0]})")
     s.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    s.add_argument("--test-set", type=int, default=0, metavar="SIZE",
+                   help="held-out Gaussian inputs per replica on which the error is also measured (explicit "
+                        "method only; default: 0, none)")
     s.add_argument("--out", default=f"{OUT}/simulate.h5", help=f"HDF5 file (default: {OUT}/simulate.h5)")
     s.set_defaults(func=cmd_simulate)
 
@@ -361,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plot", formatter_class=FORMAT, help="figure of eps_g from an HDF5 file",
                         description=_para("Plot eps_g against alpha from a file written by demo, ode, simulate, scan or "
-                                    "Trajectory.to_hdf5 (ODE and simulation side by side, plateaus marked where "
+                                    "onlinemdl.save_trajectory (ODE and simulation side by side, plateaus marked where "
                                     "onlinemdl.analysis is available)."),
                         epilog="example: onlinemdl plot onlinemdl_out/demo.h5")
     pl.add_argument("file", help="HDF5 file")

@@ -1,4 +1,4 @@
-"""Teacher and student soft committee machines (conventions: DESIGN.md section 2).
+"""Teacher and student soft committee machines (conventions: theory/conventions.md).
 
 A network's first layer is either a full matrix ``W`` (K x N) or mode-decomposed,
 ``W = A diag(lam) Xi^T`` with ``A`` (K x p), ``lam`` (p), ``Xi`` (N x p). Fields are
@@ -11,35 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dynamics import FULL_FACTORS, MODE_FACTORS, check_train
 from .gaussian import ACTIVATIONS
-
-MODE_FACTORS = ("xi", "lam", "A", "v")
-FULL_FACTORS = ("w", "v")
-
-
-def as_generator(rng) -> np.random.Generator:
-    """A ``numpy.random.Generator`` from an int seed, a Generator or None."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None or isinstance(rng, (int, np.integer)):
-        return np.random.default_rng(rng)
-    raise ValueError(f"rng must be an int seed, a numpy.random.Generator or None, got {type(rng).__name__}")
-
-
-def _check_int(name, value, low=1):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
+from .runsetup import check_choice, check_int as _check_int, check_number, generator
 
 
 def _check_activation(activation):
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-    return activation
+    return check_choice("activation", activation, tuple(ACTIVATIONS))
 
 
 def mode_scale(N: int) -> float:
-    """Standard deviation (ln N)^(-1/6) of every mode factor entry (DESIGN.md section 2)."""
+    """Standard deviation (ln N)^(-1/6) of every mode factor entry (theory/conventions.md)."""
     return math.log(N) ** (-1.0 / 6.0) if N > 1 else 1.0
 
 
@@ -48,11 +30,10 @@ def default_modes(N: int, a: float = 1.0) -> int:
     return max(1, int(round(a * math.log(N))))
 
 
-def random_modes(N, K, p, rng):
+def random_modes(N, K, p, rng: np.random.Generator):
     """Mode factors ``A`` (K, p), ``lam`` (p), ``Xi`` (N, p), entries N(0, 1) x (ln N)^(-1/6), drawn in that order."""
-    g = as_generator(rng)
     s = mode_scale(N)
-    return s * g.standard_normal((K, p)), s * g.standard_normal(p), s * g.standard_normal((N, p))
+    return s * rng.standard_normal((K, p)), s * rng.standard_normal(p), s * rng.standard_normal((N, p))
 
 
 def second_layer(v, K, name="v"):
@@ -91,9 +72,7 @@ class Teacher:
         if self.B.ndim != 2 or not np.all(np.isfinite(self.B)):
             raise ValueError(f"B must be a finite (M, N) matrix, got shape {self.B.shape}")
         self.vt = second_layer(self.vt, self.M, "vt")
-        if not (np.isfinite(self.sigma) and self.sigma >= 0):
-            raise ValueError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
-        self.sigma = float(self.sigma)
+        self.sigma = check_number("sigma", self.sigma)
         _check_activation(self.activation)
 
     @property
@@ -110,33 +89,32 @@ class Teacher:
         return self.B @ self.B.T / self.N
 
     @classmethod
-    def random(cls, N, M, rng=None, **kw) -> "Teacher":
-        """Gaussian teacher, ``B_ij ~ N(0, 1)`` (so ``T ~ I``)."""
+    def random(cls, N, M, seed=None, **kw) -> "Teacher":
+        """Gaussian teacher, ``B_ij ~ N(0, 1)`` (so ``T ~ I``); ``seed`` an integer >= 0 or None."""
         N, M = _check_int("N", N), _check_int("M", M)
-        return cls(as_generator(rng).standard_normal((M, N)), **kw)
+        return cls(generator(seed).standard_normal((M, N)), **kw)
 
     @classmethod
-    def orthonormal(cls, N, M, rng=None, **kw) -> "Teacher":
+    def orthonormal(cls, N, M, seed=None, **kw) -> "Teacher":
         """Teacher with orthogonal rows of squared norm N, so ``T = I`` exactly (needs M <= N)."""
         N, M = _check_int("N", N), _check_int("M", M)
         if M > N:
             raise ValueError(f"M must be <= N for an orthonormal teacher, got M={M}, N={N}")
-        q, _ = np.linalg.qr(as_generator(rng).standard_normal((N, M)))
+        q, _ = np.linalg.qr(generator(seed).standard_normal((N, M)))
         return cls(math.sqrt(N) * q.T, **kw)
 
     @classmethod
-    def modes(cls, N, M, p=None, a=1.0, rng=None, **kw) -> "Teacher":
+    def modes(cls, N, M, p=None, a=1.0, seed=None, **kw) -> "Teacher":
         """Mode teacher ``B = A diag(lam) Xi^T`` with ``p* = round(a ln N)`` modes.
 
         Every entry of ``A``, ``lam``, ``Xi`` is N(0, 1) x (ln N)^(-1/6).
         """
         N, M = _check_int("N", N, 2), _check_int("M", M)
-        if not (np.isfinite(a) and a > 0):
-            raise ValueError(f"a must be a finite number > 0, got {a!r}")
+        a = check_number("a", a, strict=True)
         p = default_modes(N, a) if p is None else _check_int("p", p)
         if p > N:
             raise ValueError(f"p must be <= N, got p={p}, N={N}")
-        A, lam, Xi = random_modes(N, M, p, rng)
+        A, lam, Xi = random_modes(N, M, p, generator(seed))
         return cls((A * lam) @ Xi.T, A=A, lam=lam, Xi=Xi, **kw)
 
 
@@ -187,17 +165,10 @@ class Student:
         for name, arr in (("W", self._W), ("A", self.A), ("lam", self.lam), ("Xi", self.Xi)):
             if arr is not None and not np.all(np.isfinite(arr)):
                 raise ValueError(f"{name} must be finite")
-        train = default_train if self.train is None else self.train
-        if isinstance(train, str):
-            train = (train,)
-        bad = [t for t in train if t not in allowed]
-        if bad or len(set(train)) != len(tuple(train)):
-            raise ValueError(f"train must be distinct names from {allowed}, got {tuple(train)!r}")
+        train = check_train(default_train if self.train is None else self.train, allowed)
         self.train = tuple(t for t in allowed if t in train)
         self.v = second_layer(self.v, self.K)
-        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        self.weight_decay = float(self.weight_decay)
+        self.weight_decay = check_number("weight_decay", self.weight_decay)
         self.batch = _check_int("batch", self.batch)
         _check_activation(self.activation)
 
@@ -250,7 +221,7 @@ class Student:
 
     # --- constructors -----------------------------------------------------------------
     @classmethod
-    def full(cls, N, K, init="large", rng=None, teacher=None, overlap=0.5, scale=1.0, **kw) -> "Student":
+    def full(cls, N, K, init="large", seed=None, teacher=None, overlap=0.5, scale=1.0, **kw) -> "Student":
         """Full-weight student.
 
         Parameters
@@ -258,11 +229,11 @@ class Student:
         init : "large" (entries N(0, scale^2), Q ~ scale^2 I), "small" (entries
             N(0, scale^2 / N): O(1/sqrt N) weights, Q and R of order 1/N), or "informed"
             (row i is ``overlap * B_(i mod M) + sqrt(1 - overlap^2) * noise``; needs ``teacher``).
+        seed : an integer >= 0, or None for fresh entropy.
         """
         N, K = _check_int("N", N), _check_int("K", K)
-        g = as_generator(rng)
-        if not (np.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        g = generator(seed)
+        scale = check_number("scale", scale, strict=True)
         if init == "large":
             W = scale * g.standard_normal((K, N))
         elif init == "small":
@@ -281,21 +252,21 @@ class Student:
         return cls(W=W, **kw)
 
     @classmethod
-    def modes(cls, N, K, p, rng=None, **kw) -> "Student":
+    def modes(cls, N, K, p, seed=None, **kw) -> "Student":
         """Mode student with its own random factors, every entry N(0, 1) x (ln N)^(-1/6)."""
         N, K, p = _check_int("N", N, 2), _check_int("K", K), _check_int("p", p)
         if p > N:
             raise ValueError(f"p must be <= N, got p={p}, N={N}")
-        A, lam, Xi = random_modes(N, K, p, rng)
+        A, lam, Xi = random_modes(N, K, p, generator(seed))
         return cls(A=A, lam=lam, Xi=Xi, **kw)
 
     @classmethod
-    def from_teacher_modes(cls, teacher: Teacher, train=("xi",), rng=None, **kw) -> "Student":
+    def from_teacher_modes(cls, teacher: Teacher, train=("xi",), seed=None, **kw) -> "Student":
         """The paper's on-line setting: fresh random ``Xi``, ``A`` and ``lam`` copied from a
         mode teacher (so K = M), second-layer weights equal to the teacher's."""
         if teacher.Xi is None:
             raise ValueError("teacher must be a mode teacher (Teacher.modes)")
-        g = as_generator(rng)
+        g = generator(seed)
         Xi = mode_scale(teacher.N) * g.standard_normal(teacher.Xi.shape)
         kw.setdefault("v", teacher.vt.copy())
         kw.setdefault("activation", teacher.activation)

@@ -3,7 +3,7 @@
 A scan point is identified by a hash of the run function's qualified name and of all its
 parameters (the fixed ones included), so a rerun skips the points already in the store and a
 changed setting gives new points: results of different settings are never mixed. Only the
-calling process writes the store (:class:`onlinemdl.storage.ScanStore`).
+calling process writes the store (:class:`onlinemdl.scan_store.ScanStore`).
 """
 from __future__ import annotations
 
@@ -21,86 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from .model import Student, Teacher, default_modes
-from .ode import integrate
-from .sgd import simulate
-from .storage import ScanStore, object_kind, point_image, read_record, read_result, record_keys
-
-
-# --------------------------------------------------------------------------------------
-# Run functions: a model and its dynamics from flat parameters
-# --------------------------------------------------------------------------------------
-def networks(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes", init="large", train=None,
-             teacher_seed=0, student_seed=1, sigma=0.0):
-    """Teacher and student from flat parameters; the defaults are the paper's on-line setting.
-
-    Parameters
-    ----------
-    N, M, K : input size, teacher and student hidden units (``K`` defaults to ``M``).
-    p : number of modes (default ``round(ln N)``).
-    teacher : "modes" (``Teacher.modes``), "random" or "orthonormal".
-    student : "teacher-modes" (``Student.from_teacher_modes``: fresh ``Xi``, teacher's ``A`` and
-        ``lam``, K = M), "full" (``Student.full`` with ``init``) or "modes" (``Student.modes``).
-    train : trained factors (default: the constructor's own).
-    teacher_seed, student_seed : seeds of the two networks; sigma : label noise.
-    """
-    tkw = dict(rng=teacher_seed, sigma=sigma)
-    if teacher == "modes":
-        t = Teacher.modes(N, M, p=p, **tkw)
-    elif teacher == "random":
-        t = Teacher.random(N, M, **tkw)
-    elif teacher == "orthonormal":
-        t = Teacher.orthonormal(N, M, **tkw)
-    else:
-        raise ValueError(f'teacher must be "modes", "random" or "orthonormal", got {teacher!r}')
-    skw = {} if train is None else {"train": tuple(train)}
-    K = M if K is None else K
-    if student == "teacher-modes":
-        if K != M:
-            raise ValueError(f'K must equal M = {M} for student="teacher-modes", got {K}')
-        s = Student.from_teacher_modes(t, rng=student_seed, **skw)
-    elif student == "full":
-        s = Student.full(N, K, init=init, rng=student_seed, teacher=t if init == "informed" else None, **skw)
-    elif student == "modes":
-        s = Student.modes(N, K, default_modes(N) if p is None else p, rng=student_seed, **skw)
-    else:
-        raise ValueError(f'student must be "teacher-modes", "full" or "modes", got {student!r}')
-    return t, s
-
-
-NETWORK_PARAMS = tuple(inspect.signature(networks).parameters)
-
-
-def run_ode(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes", init="large", train=None,
-            teacher_seed=0, student_seed=1, sigma=0.0, eta=5.0, eta_lam=None, eta_A=None, eta_v=None,
-            alpha_max=1e5, points=200, method="auto"):
-    """ODE run of the model :func:`networks` builds; the default ``run`` of :func:`scan`.
-
-    The remaining parameters go to :func:`onlinemdl.integrate`. ``params["spec"]`` of the
-    returned Trajectory records every argument, so ``run_ode(**traj.params["spec"])`` repeats it.
-    """
-    spec = dict(locals())
-    t, s = networks(**{k: spec[k] for k in NETWORK_PARAMS})
-    traj = integrate(s, t, eta=eta, eta_lam=eta_lam, eta_A=eta_A, eta_v=eta_v, alpha_max=alpha_max, points=points,
-                     method=method)
-    traj.params["spec"] = spec
-    return traj
-
-
-def run_simulation(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes", init="large", train=None,
-                   teacher_seed=0, student_seed=1, sigma=0.0, eta=5.0, eta_lam=None, eta_A=None, eta_v=None,
-                   alpha_max=1e5, points=200, replicas=4, seed=0, method="gram", threads=None):
-    """SGD simulation of the model :func:`networks` builds (:func:`onlinemdl.simulate`).
-
-    ``params["spec"]`` of the returned Trajectory records every argument. In a scan over
-    processes, set ``threads=1`` to keep one thread per process.
-    """
-    spec = dict(locals())
-    t, s = networks(**{k: spec[k] for k in NETWORK_PARAMS})
-    traj = simulate(s, t, eta=eta, eta_lam=eta_lam, eta_A=eta_A, eta_v=eta_v, alpha_max=alpha_max, points=points,
-                    replicas=replicas, seed=seed, method=method, threads=threads)
-    traj.params["spec"] = spec
-    return traj
+from .recipes import run_ode
+from .scan_store import ScanStore, point_image
+from .storage import object_kind, read_record, read_result, record_keys
 
 
 # --------------------------------------------------------------------------------------

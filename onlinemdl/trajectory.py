@@ -1,4 +1,8 @@
-"""Trajectory: what every engine (ODE, SGD, mode network) returns."""
+"""Trajectory: what every engine (ODE, SGD, mode network) returns.
+
+A plain container with no I/O: :mod:`onlinemdl.storage` writes and reads it
+(``save_trajectory`` / ``load_trajectory``).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
@@ -25,7 +29,10 @@ class Trajectory:
     eps_test : test-set error of a simulation, where requested.
     kind : "ode", "sgd" or "modenet".
     params : every parameter of the run (model, rates, method, seed).
-    status : "ok" or "diverged" (for a simulation: "diverged" when any replica diverged).
+    status : "ok" (ran to the last time), "diverged" (the weights ran away: the series end at
+        the divergence, or for a simulation hold NaN after each diverged replica's
+        ``alpha_diverged``; "diverged" when any replica diverged) or "failed" (the ODE solver
+        gave up; ``message`` says why).
     message : human-readable account of the status.
     nfev : right-hand-side evaluations (ODE) or SGD steps (simulation).
     diverged : (replicas,) per-replica divergence flag (simulations).
@@ -52,15 +59,23 @@ class Trajectory:
     diverged: np.ndarray | None = None
     alpha_diverged: np.ndarray | None = None
 
-    def __repr__(self):
+    def summary(self) -> str:
+        """One line: eps_g at the first and the last time (the mean of the replicas that did not
+        diverge), the status and its message, the wall time."""
         if self.alpha.size == 0:
-            return f"Trajectory({self.kind}, empty, status={self.status!r}: {self.message})"
-        eps = self.eps_g if self.eps_g.ndim == 1 else np.nanmean(self.eps_g, axis=0)
-        reps = f", replicas={self.replicas}" if self.eps_g.ndim == 2 else ""
+            return f"no output times; {self.status}: {self.message}"
+        eps = self.mean().eps_g
+        label = "eps_g"
+        if self.eps_g.ndim == 2:
+            kept = self.replicas - (0 if self.diverged is None else int(np.sum(self.diverged)))
+            label = f"eps_g (mean of {kept} replicas)"
+        return (f"{label} {eps[0]:.3g} at alpha = 0 -> {eps[-1]:.3g} at alpha = {self.alpha[len(eps) - 1]:.3g}; "
+                f"{self.status}: {self.message} [{self.params.get('wall_time', 0.0):.1f} s]")
+
+    def __repr__(self):
         form = self.params.get("form", "")
-        return (f"Trajectory({self.kind}{' ' + form if form else ''}, K={self.K}, M={self.M}{reps}, "
-                f"{self.alpha.size} points, alpha {self.alpha[0]:g}..{self.alpha[-1]:g}, "
-                f"eps_g {eps[0]:.3g} -> {eps[-1]:.3g}, status={self.status!r})")
+        shape = f"K={self.K}, M={self.M}" + (f", replicas={self.replicas}" if self.eps_g.ndim == 2 else "")
+        return f"Trajectory({self.kind}{' ' + form if form else ''}, {shape}, {self.alpha.size} points: {self.summary()})"
 
     @property
     def replicas(self) -> int:
@@ -112,19 +127,6 @@ class Trajectory:
     def at(self, alpha) -> int:
         """Index of the grid point nearest to ``alpha``."""
         return int(np.argmin(np.abs(self.alpha - alpha)))
-
-    def to_hdf5(self, target, name: str = "trajectory", overwrite: bool = False):
-        """Store as the group ``name`` of ``target`` (a path, updated atomically, or an h5py Group);
-        see :func:`onlinemdl.storage.save_trajectory`."""
-        from .storage import save_trajectory
-        save_trajectory(self, target, name, overwrite)
-
-    @classmethod
-    def from_hdf5(cls, source, name: str | None = None) -> "Trajectory":
-        """Read a Trajectory back (``source`` a path or an h5py Group); see
-        :func:`onlinemdl.storage.load_trajectory`."""
-        from .storage import load_trajectory
-        return load_trajectory(source, name)
 
     def __eq__(self, other):
         if not isinstance(other, Trajectory):

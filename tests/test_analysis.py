@@ -18,8 +18,8 @@ BOUNDARY_DECADES = 0.1
 @pytest.fixture(scope="module")
 def classic():
     """K = M = 3, orthonormal teacher, small random init, v = 1/K, eta = 1: one symmetric plateau."""
-    teacher = om.Teacher.orthonormal(1000, 3, rng=0)
-    student = om.Student.full(1000, 3, init="small", rng=1)
+    teacher = om.Teacher.orthonormal(1000, 3, seed=0)
+    student = om.Student.full(1000, 3, init="small", seed=1)
     system, _ = om.OdeSystem.from_networks(student, teacher, eta=1.0)
     return om.integrate(student, teacher, eta=1.0, alpha_max=1e4), system
 
@@ -27,8 +27,8 @@ def classic():
 @pytest.fixture(scope="module")
 def modes():
     """The paper's mode setting: N = 30, K = M = 8, p = 3, only Xi trained, eta = 5."""
-    teacher = om.Teacher.modes(30, 8, rng=0)
-    student = om.Student.from_teacher_modes(teacher, train=("xi",), rng=1)
+    teacher = om.Teacher.modes(30, 8, seed=0)
+    student = om.Student.from_teacher_modes(teacher, train=("xi",), seed=1)
     system, _ = om.OdeSystem.from_networks(student, teacher, eta=5.0)
     return om.integrate(student, teacher, eta=5.0, alpha_max=1e5), system, teacher
 
@@ -38,7 +38,7 @@ def saddle():
     """The symmetric fixed point of the K = M = 3 classic system."""
     system = om.OdeSystem.from_state({"Q": 0.01 * np.eye(3), "R": np.zeros((3, 3))}, T=np.eye(3), train=("w",),
                                      eta=1.0)
-    return an.symmetric_fixed_point(system), system
+    return om.symmetric_fixed_point(system), system
 
 
 # --------------------------------------------------------------------------------------
@@ -296,13 +296,13 @@ def test_escape_time_matches_plateau_length(saddle):
     measured = []
     for e in eps0:
         state = dict(fp.state, R=fp.state["R"] + e * B)
-        alpha = np.linspace(0.0, an.escape_time(fp, e) + 2000, 4000)
+        alpha = np.linspace(0.0, om.escape_time(fp, e) + 2000, 4000)
         traj = om.integrate(state=state, system=system, alpha=alpha, rtol=1e-10, atol=1e-14)
         found = an.find_plateaus(traj)
         assert len(found) == 0  # started on the plateau: it ends at the onset of the first descent
         measured.append(found.onset)
     measured = np.array(measured)
-    predicted = np.array([an.escape_time(fp, e) for e in eps0])
+    predicted = np.array([om.escape_time(fp, e) for e in eps0])
     np.testing.assert_allclose(np.diff(measured) / np.diff(predicted), 1.0, atol=0.08)
     corrected = predicted - np.log(measured) / (2 * fp.mu_max)
     np.testing.assert_allclose(np.diff(measured) / np.diff(corrected), 1.0, atol=0.02)
@@ -312,7 +312,7 @@ def test_escape_time_matches_plateau_length(saddle):
 def test_plateau_fixed_point_of_classic_is_a_saddle(classic):
     traj, system = classic
     found = an.find_plateaus(traj)
-    (fp,) = an.plateau_fixed_points(traj, system, found)
+    (fp,) = om.plateau_fixed_points(traj, system, found)
     assert fp is not None and fp.kind == "saddle" and fp.residual < 1e-10
     assert fp.eps_g == pytest.approx(found[0].level, rel=1e-3)
     assert 1e-3 < fp.mu_max < 1e-2
@@ -323,7 +323,7 @@ def test_mode_plateaus_are_not_saddles(modes):
     second is the slow relaxation into the stable global minimum."""
     traj, system, _ = modes
     found = an.find_plateaus(traj)
-    first, second = an.plateau_fixed_points(traj, system, found)
+    first, second = om.plateau_fixed_points(traj, system, found)
     assert first is None
     assert second is not None and second.kind == "stable" and second.residual < 1e-10
     assert second.eps_g < 1e-15  # the teacher itself
@@ -332,28 +332,28 @@ def test_mode_plateaus_are_not_saddles(modes):
     # the linearised flow around the minimum reproduces the plateau and its end
     i = traj.at(found[1].center)
     alpha = traj.alpha[i:]
-    eps_lin = an.relaxation(second, system, an.state_at(traj, system, traj.alpha[i]), alpha)
+    eps_lin = om.relaxation(second, system, om.state_at(traj, system, traj.alpha[i]), alpha)
     np.testing.assert_allclose(eps_lin, traj.eps_g[i:], rtol=0.2)
 
 
 def test_fixed_point_errors(saddle, modes):
     fp, system = saddle
     with pytest.raises(ValueError, match="eps0"):
-        an.escape_time(fp, 0.0)
+        om.escape_time(fp, 0.0)
     _, msystem, _ = modes
     with pytest.raises(ValueError, match="full-weight"):
-        an.symmetric_fixed_point(msystem)
+        om.symmetric_fixed_point(msystem)
     asym = om.OdeSystem.from_state({"Q": 0.01 * np.eye(3), "R": np.zeros((3, 3)), "v": [0.2, 0.3, 0.5]},
                                    T=np.eye(3), train=("w",), eta=1.0)
     with pytest.raises(ValueError, match="uniform"):
-        an.symmetric_fixed_point(asym)
+        om.symmetric_fixed_point(asym)
     with pytest.raises(RuntimeError, match="no fixed point"):
-        an.fixed_point(system, fp.y + 10.0, polish=0, tol=1e-30)
+        om.fixed_point(system, fp.y + 10.0, polish=0, tol=1e-30)
 
 
 def test_escape_time_needs_unstable_direction(modes):
     traj, system, _ = modes
-    stable = an.fixed_point(system, an.state_at(traj, system, traj.alpha[-1]))
+    stable = om.fixed_point(system, om.state_at(traj, system, traj.alpha[-1]))
     assert stable.kind == "stable"
     with pytest.raises(ValueError, match="unstable"):
-        an.escape_time(stable, 1e-3)
+        om.escape_time(stable, 1e-3)

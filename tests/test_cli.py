@@ -10,7 +10,7 @@ import pytest
 
 from onlinemdl.cli import main
 from onlinemdl.scan import load_scan
-from onlinemdl.trajectory import Trajectory
+from onlinemdl.storage import load_trajectory, save_trajectory
 
 TINY = ["--N", "10", "--M", "2", "--teacher", "random", "--student", "full", "--alpha-max", "5", "--points", "8"]
 
@@ -49,6 +49,7 @@ def test_help_is_complete(cli, command, expected):
         assert word in out
 
 
+@pytest.mark.slow
 def test_module_and_console_script_help():
     out = subprocess.run([sys.executable, "-m", "onlinemdl", "--help"], capture_output=True, text=True, check=True)
     assert "usage: onlinemdl" in out.stdout
@@ -64,7 +65,7 @@ def test_demo_writes_h5_and_png(cli, tmp_path):
     assert "ODE:" in out and "simulation:" in out and "plateau" in out
     assert "wrote onlinemdl_out/demo.h5" in out and "wrote onlinemdl_out/demo.png" in out
     h5 = tmp_path / "onlinemdl_out" / "demo.h5"
-    ode, sim = Trajectory.from_hdf5(h5, "ode"), Trajectory.from_hdf5(h5, "sim")
+    ode, sim = load_trajectory(h5, "ode"), load_trajectory(h5, "sim")
     assert ode.kind == "ode" and sim.kind == "sgd" and sim.eps_g.shape[0] == 2
     assert ode.params["N"] == 30 and ode.params["K"] == 8 and ode.params["p"] == 3 and ode.params["eta"] == 5.0
     assert ode.alpha[-1] == 20.0 and sim.params["spec"]["replicas"] == 2
@@ -80,13 +81,13 @@ def test_ode_simulate_plot_end_to_end(cli, tmp_path):
     code, out, err = cli("simulate", *TINY, "--eta", "0.5", "--replicas", "2", "--threads", "1", "--out", "run.h5")
     assert code == 0, err
     assert "mean of 2 replicas" in out
-    ode, sim = Trajectory.from_hdf5("run.h5", "ode"), Trajectory.from_hdf5("run.h5", "sim")  # both groups kept
+    ode, sim = load_trajectory("run.h5", "ode"), load_trajectory("run.h5", "sim")  # both groups kept
     assert ode.params["eta"] == sim.params["eta"] == 0.5 and ode.params["spec"]["teacher"] == "random"
     assert np.allclose(ode.eps_g[-1], sim.mean().eps_g[-1], rtol=0.5)
     for _ in range(2):  # the second time replaces the figure
         code, out, _ = cli("plot", "run.h5")
         assert code == 0 and "wrote run.png" in out and (tmp_path / "run.png").exists()
-    ode.to_hdf5("single.h5")
+    save_trajectory(ode, "single.h5")
     code, out, _ = cli("plot", "single.h5", "--out", "figs/single.png")
     assert code == 0 and (tmp_path / "figs" / "single.png").exists()
 
@@ -118,6 +119,7 @@ def test_scan_from_toml_resumes_and_plots(cli, tmp_path):
     assert code == 0 and (tmp_path / "cfg" / "etas.png").exists()
 
 
+@pytest.mark.slow
 def test_scan_points_on_a_dask_scheduler(cli, tmp_path):
     distributed = pytest.importorskip("distributed")
     (tmp_path / "pts.toml").write_text(textwrap.dedent("""
@@ -148,7 +150,7 @@ def test_scan_points_on_a_dask_scheduler(cli, tmp_path):
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["ode", "--N", "x"], "argument --N: invalid int value: 'x'"),
     (["ode", "--teacher", "wise"], "argument --teacher: invalid choice: 'wise'"),
-    (["ode", "--eta", "-1", "--N", "10", "--M", "2"], "eta must be a finite number >= 0, got -1.0"),
+    (["ode", "--eta", "-1", "--N", "10", "--M", "2"], "eta must be a finite number > 0, got -1.0"),
     (["ode", "--N", "10", "--M", "2", "--K", "3"], 'K must equal M = 2 for student="teacher-modes"'),
     (["simulate", *TINY, "--replicas", "0"], "replicas must be an integer >= 1, got 0"),
     (["ode", *TINY, "--out", "notes.txt/run.h5"], "out: notes.txt is not a directory"),

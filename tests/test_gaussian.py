@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from onlinemdl.gaussian import ERF, LINEAR, I2, I3, I4, J2, eps_g
+from onlinemdl.gaussian import ERF, I2, I3, I4, J2, LINEAR, eps_g
 
 N_MC = 1_000_000
 

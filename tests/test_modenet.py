@@ -5,13 +5,24 @@ import os
 
 import numpy as np
 import pytest
-
 from scipy.special import erf
 
 import onlinemdl as om
-from onlinemdl.modenet import (KINDS, SGD, Adam, Network, digits, fit, mnist, read_idx, schedule, teacher_student,
-                               xor_dataset, xor_mixture)
-from onlinemdl.modenet import io
+from onlinemdl.modenet import (
+    KINDS,
+    SGD,
+    Adam,
+    Network,
+    digits,
+    fit,
+    io,
+    mnist,
+    read_idx,
+    schedule,
+    teacher_student,
+    xor_dataset,
+    xor_mixture,
+)
 from onlinemdl.modenet.train import train_model
 
 ACTS = ("relu", "tanh", "erf", "linear")
@@ -244,7 +255,7 @@ def test_xor_mixture_and_its_2_3_1_mode_network():
 
 
 def test_teacher_student_data():
-    teacher = om.Teacher.random(N=30, M=3, rng=0, sigma=0.0)
+    teacher = om.Teacher.random(N=30, M=3, seed=0, sigma=0.0)
     X, y = teacher_student(teacher, 500, seed=1)
     assert X.shape == (500, 30) and y.shape == (500, 1)
     np.testing.assert_allclose(y[:, 0], erf(X @ teacher.B.T / np.sqrt(30) / np.sqrt(2)) @ teacher.vt)

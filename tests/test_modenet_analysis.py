@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from onlinemdl.modenet import analysis as an
-from onlinemdl.modenet import digits, io, xor_dataset
+from onlinemdl.modenet import analysis as an, digits, io, xor_dataset
 from onlinemdl.modenet.cli import add_subparser
 from onlinemdl.modenet.fits import fit_log, piecewise_power_law
 from onlinemdl.modenet.train import train_model

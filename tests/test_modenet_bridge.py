@@ -27,7 +27,7 @@ def one_step_by_design(student, x, y, eta, eta_lam, eta_A, eta_v):
 
 
 def test_one_network_step_is_the_design_update():
-    student = om.Student.modes(N=50, K=3, p=4, rng=1, train=("xi", "lam", "A", "v"))
+    student = om.Student.modes(N=50, K=3, p=4, seed=1, train=("xi", "lam", "A", "v"))
     net = network_from_student(student)
     np.testing.assert_allclose(net.layers[0].weight(), student.W)
     x = np.random.default_rng(2).standard_normal(50)
@@ -42,15 +42,15 @@ def test_one_network_step_is_the_design_update():
 
 
 def test_full_student_network_and_order_parameters():
-    teacher = om.Teacher.random(N=40, M=2, rng=0)
-    student = om.Student.full(N=40, K=3, rng=1)
+    teacher = om.Teacher.random(N=40, M=2, seed=0)
+    student = om.Student.full(N=40, K=3, seed=1)
     net = network_from_student(student)
     assert net.trainable == ("W",)
     ours, op = order_parameters(net, teacher), student.order_parameters(teacher)
     assert set(ours) == {"Q", "R"}
     np.testing.assert_allclose(ours["Q"], op["Q"])
     np.testing.assert_allclose(ours["R"], op["R"])
-    mode_student = om.Student.modes(N=40, K=3, p=4, rng=2)
+    mode_student = om.Student.modes(N=40, K=3, p=4, seed=2)
     ours, op = order_parameters(network_from_student(mode_student), teacher), mode_student.order_parameters(teacher)
     for name in ("Q", "R", "Rm", "S"):
         np.testing.assert_allclose(ours[name], op[name])
@@ -62,8 +62,8 @@ def test_full_student_network_and_order_parameters():
 def test_train_online_follows_the_ode():
     """Replica mean of the mode network's eps_g(alpha) against the ODE at N = 200 (the ODE is the
     N -> infinity limit; allowed: 4 standard errors plus 5 % for finite N)."""
-    teacher = om.Teacher.modes(N=200, M=2, rng=0)
-    student = om.Student.from_teacher_modes(teacher, train=("xi",), rng=1)
+    teacher = om.Teacher.modes(N=200, M=2, seed=0)
+    student = om.Student.from_teacher_modes(teacher, train=("xi",), seed=1)
     grid = np.array([0.0, 1.0, 2.0, 4.0, 8.0])
     sim = train_online(student, teacher, eta=1.0, alpha=grid, replicas=8, seed=0)
     ode = om.integrate(student, teacher, eta=1.0, alpha=grid)
@@ -76,13 +76,14 @@ def test_train_online_follows_the_ode():
     assert mean[-1] < 0.2 * mean[0]
 
 
+@pytest.mark.slow
 def test_train_online_reproduces_simulate():
     """The bridge network and ``onlinemdl.simulate`` draw eps_g(alpha) from the same distribution:
     replica means agree within 4 combined standard errors at every alpha of the grid."""
     if not hasattr(om, "simulate"):
         pytest.skip("onlinemdl.simulate is not available yet")
-    teacher = om.Teacher.modes(N=100, M=2, rng=0)
-    student = om.Student.from_teacher_modes(teacher, train=("xi", "lam"), rng=1)
+    teacher = om.Teacher.modes(N=100, M=2, seed=0)
+    student = om.Student.from_teacher_modes(teacher, train=("xi", "lam"), seed=1)
     grid = np.array([0.0, 1.0, 2.0, 4.0, 8.0])
     kw = dict(eta=1.0, alpha=grid, replicas=16, eta_lam=0.5)
     ours = train_online(student, teacher, seed=0, **kw)
@@ -93,8 +94,8 @@ def test_train_online_reproduces_simulate():
 
 
 def test_train_online_errors_and_divergence():
-    teacher = om.Teacher.modes(N=50, M=2, rng=0)
-    student = om.Student.from_teacher_modes(teacher, rng=1)
+    teacher = om.Teacher.modes(N=50, M=2, seed=0)
+    student = om.Student.from_teacher_modes(teacher, seed=1)
     with pytest.raises(ValueError, match="eta must be"):
         train_online(student, teacher, eta=0.0, alpha_max=1)
     with pytest.raises(ValueError, match="give alpha_max or alpha"):
@@ -102,7 +103,7 @@ def test_train_online_errors_and_divergence():
     with pytest.raises(ValueError, match="eta_lam must be"):
         train_online(student, teacher, eta=1.0, alpha_max=1, eta_lam=-1.0)
     with pytest.raises(ValueError, match="share N"):
-        train_online(student, om.Teacher.modes(N=60, M=2, rng=0), eta=1.0, alpha_max=1)
+        train_online(student, om.Teacher.modes(N=60, M=2, seed=0), eta=1.0, alpha_max=1)
     # beyond the stable rate the erf student's weights run away: flagged, NaN from there on
     run = train_online(student, teacher, eta=1e3, alpha=[0.0, 1.0, 2.0], replicas=2, seed=0)
     assert run.status == "diverged" and run.diverged.all() and "2 of 2 replicas diverged" in run.message

@@ -31,6 +31,7 @@ def test_every_notebook_is_there():
     assert sorted(p.stem for p in NOTEBOOKS) == sorted(EXPECTED)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_notebook_runs_in_quick_mode(path, tmp_path, monkeypatch):
     monkeypatch.setenv("ONLINEMDL_QUICK", "1")

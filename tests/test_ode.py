@@ -90,14 +90,15 @@ def random_mode_case(rng, act="erf"):
 MODE_SUBSETS = [s for r in range(1, 5) for s in itertools.combinations(("xi", "lam", "A", "v"), r)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train", MODE_SUBSETS, ids=["+".join(s) for s in MODE_SUBSETS])
-def test_mode_rhs_matches_monte_carlo(train):
-    rng = np.random.default_rng(abs(hash(train)) % 2**32)
+def test_mode_rhs_matches_monte_carlo(train, rng):
     state, T, vt = random_mode_case(rng)
     system = OdeSystem.from_state(state, T=T, vt=vt, train=train, eta=0.7, eta_lam=0.4, eta_A=0.3, eta_v=0.5)
     assert_rhs_matches(system, state, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [dict(), dict(sigma=0.5), dict(weight_decay=0.3), dict(batch=3),
                                    dict(activation="linear", sigma=0.3)])
 def test_mode_rhs_with_noise_decay_batch(extra):
@@ -107,6 +108,7 @@ def test_mode_rhs_with_noise_decay_batch(extra):
     assert_rhs_matches(system, state, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train", [("w",), ("v",), ("w", "v")])
 @pytest.mark.parametrize("extra", [dict(), dict(sigma=0.4, weight_decay=0.2), dict(batch=2, activation="linear")])
 def test_full_rhs_matches_monte_carlo(train, extra):
@@ -139,8 +141,8 @@ def test_reduced_form_equals_mode_form():
 def test_linear_activation_matches_exact_solution(K, M, sigma):
     # error vector D = W^T v - B^T vt obeys dq/da = (eta_e^2 - 2 eta_e) q + eta_e^2 sigma^2, eta_e = eta |v|^2
     N, eta = 200, 0.7
-    teacher = om.Teacher.random(N, M, rng=0, sigma=sigma, activation="linear")
-    student = om.Student.full(N, K, rng=1, activation="linear")
+    teacher = om.Teacher.random(N, M, seed=0, sigma=sigma, activation="linear")
+    student = om.Student.full(N, K, seed=1, activation="linear")
     alpha = np.linspace(0, 8, 9)
     traj = om.integrate(student, teacher, eta=eta, alpha=alpha, rtol=1e-10, atol=1e-12)
     D = student.W.T @ student.v - teacher.B.T @ teacher.vt
@@ -171,11 +173,11 @@ def symmetric_fixed_point(system, guess):
 @pytest.mark.parametrize("K", [2, 3])
 def test_classic_plateau_and_symmetric_fixed_point(K):
     N, eta = 1000, 0.5
-    teacher = om.Teacher.orthonormal(N, K, rng=0)
-    student = om.Student.full(N, K, init="small", rng=1, scale=3.0)
+    teacher = om.Teacher.orthonormal(N, K, seed=0)
+    student = om.Student.full(N, K, init="small", seed=1, scale=3.0)
     traj = om.integrate(student, teacher, eta=eta, alpha_max=2e4)
     assert traj.status == "ok"
-    system, _ = OdeSystem.from_networks(student, teacher, eta)
+    system, _ = OdeSystem.from_networks(student, teacher, eta=eta)
     y_fp = symmetric_fixed_point(system, [0.3, 0.3, 0.3])
     assert np.max(np.abs(system.rhs(y_fp))) < 1e-10
     level = system.eps_g(y_fp)
@@ -185,7 +187,7 @@ def test_classic_plateau_and_symmetric_fixed_point(K):
     assert a_near.size > 10 and a_near.max() / a_near.min() > 3
     assert traj.eps_g[-1] < 1e-4 * level  # realizable: decays to 0 after the plateau
     # small-eta limit: Saad & Solla's Q_ik = 1/(2K - 1)
-    tiny, _ = OdeSystem.from_networks(student, teacher, 1e-7)
+    tiny, _ = OdeSystem.from_networks(student, teacher, eta=1e-7)
     fp = tiny.unpack(symmetric_fixed_point(tiny, [0.3, 0.3, 0.3]))
     np.testing.assert_allclose(fp["Q"], 1 / (2 * K - 1), rtol=1e-5)
     np.testing.assert_allclose(fp["R"], 1 / np.sqrt(K * (2 * K - 1)), rtol=1e-5)
@@ -194,10 +196,10 @@ def test_classic_plateau_and_symmetric_fixed_point(K):
 @pytest.mark.parametrize("modes", [False, True])
 def test_student_equal_to_teacher_is_a_fixed_point(modes):
     if modes:
-        teacher = om.Teacher.modes(50, 4, rng=0)
+        teacher = om.Teacher.modes(50, 4, seed=0)
         student = om.Student(A=teacher.A, lam=teacher.lam, Xi=teacher.Xi, v=teacher.vt, train=("xi", "lam", "A", "v"))
     else:
-        teacher = om.Teacher.random(50, 3, rng=0)
+        teacher = om.Teacher.random(50, 3, seed=0)
         student = om.Student(W=teacher.B, v=teacher.vt, train=("w", "v"))
     system, state = OdeSystem.from_networks(student, teacher, eta=2.0)
     y = system.pack(state)
@@ -207,8 +209,8 @@ def test_student_equal_to_teacher_is_a_fixed_point(modes):
 
 def test_adaptive_and_euler_agree():
     N = 100
-    teacher = om.Teacher.orthonormal(N, 2, rng=0)
-    student = om.Student.full(N, 2, init="large", rng=1, scale=0.5)
+    teacher = om.Teacher.orthonormal(N, 2, seed=0)
+    student = om.Student.full(N, 2, init="large", seed=1, scale=0.5)
     alpha = np.array([0.0, 2.0, 5.0, 10.0])
     ref = om.integrate(student, teacher, eta=1.0, alpha=alpha, rtol=1e-10, atol=1e-12)
     e1 = om.integrate(student, teacher, eta=1.0, alpha=alpha, method="euler", step=2e-3)
@@ -220,8 +222,8 @@ def test_adaptive_and_euler_agree():
 
 
 def test_published_mode_setting_is_fast_and_multistage():
-    teacher = om.Teacher.modes(30, 8, rng=0)
-    student = om.Student.from_teacher_modes(teacher, rng=1)
+    teacher = om.Teacher.modes(30, 8, seed=0)
+    student = om.Student.from_teacher_modes(teacher, seed=1)
     traj = om.integrate(student, teacher, eta=5.0, alpha_max=1e5)
     assert traj.status == "ok" and traj.nfev < 20000
     assert traj.eps_g[-1] < 1e-3 * traj.eps_g[0]
@@ -229,8 +231,8 @@ def test_published_mode_setting_is_fast_and_multistage():
 
 
 def test_divergence_is_reported_not_nan():
-    teacher = om.Teacher.orthonormal(100, 2, rng=0)
-    student = om.Student.full(100, 2, rng=1, activation="erf")
+    teacher = om.Teacher.orthonormal(100, 2, seed=0)
+    student = om.Student.full(100, 2, seed=1, activation="erf")
     for method in ("auto", "euler"):
         traj = om.integrate(student, teacher, eta=50.0, alpha_max=1e4, method=method, max_norm=10)
         assert traj.status == "diverged"
@@ -246,8 +248,8 @@ def test_divergence_is_reported_not_nan():
     (dict(alpha_max=1), "eta must be given"),
 ])
 def test_bad_arguments(kwargs, match):
-    teacher = om.Teacher.modes(30, 3, rng=0)
-    student = om.Student.from_teacher_modes(teacher, rng=1)
+    teacher = om.Teacher.modes(30, 3, seed=0)
+    student = om.Student.from_teacher_modes(teacher, seed=1)
     with pytest.raises(ValueError, match=match):
         om.integrate(student, teacher, **kwargs)
 
@@ -276,16 +278,16 @@ def test_bad_models():
 
 
 def test_seeds_reproduce_models():
-    a, b = om.Teacher.modes(40, 3, rng=5), om.Teacher.modes(40, 3, rng=5)
+    a, b = om.Teacher.modes(40, 3, seed=5), om.Teacher.modes(40, 3, seed=5)
     np.testing.assert_array_equal(a.B, b.B)
     assert a.Xi.shape == (40, round(np.log(40)))
-    np.testing.assert_allclose(om.Teacher.orthonormal(40, 3, rng=1).T, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(om.Teacher.orthonormal(40, 3, seed=1).T, np.eye(3), atol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["auto", "euler"])
 def test_divergence_before_the_first_output_gives_an_empty_trajectory(method):
-    teacher = om.Teacher.orthonormal(100, 2, rng=0, activation="linear")
-    student = om.Student.full(100, 2, rng=1, activation="linear")
+    teacher = om.Teacher.orthonormal(100, 2, seed=0, activation="linear")
+    student = om.Student.full(100, 2, seed=1, activation="linear")
     traj = om.integrate(student, teacher, eta=50.0, alpha=[5.0, 10.0], method=method)
     assert traj.status == "diverged" and traj.alpha.size == 0
     assert traj.Q.shape == (0, 2, 2) and traj.eps_g.shape == (0,)
@@ -293,7 +295,7 @@ def test_divergence_before_the_first_output_gives_an_empty_trajectory(method):
 
 
 def test_trajectory_repr_is_a_summary():
-    teacher = om.Teacher.modes(30, 8, rng=0)
-    traj = om.integrate(om.Student.from_teacher_modes(teacher, rng=1), teacher, eta=5.0, alpha_max=10.0)
+    teacher = om.Teacher.modes(30, 8, seed=0)
+    traj = om.integrate(om.Student.from_teacher_modes(teacher, seed=1), teacher, eta=5.0, alpha_max=10.0)
     text = repr(traj)
-    assert text.startswith("Trajectory(ode modes, K=8, M=8, 201 points") and "status='ok'" in text
+    assert text.startswith("Trajectory(ode modes, K=8, M=8, 201 points") and "; ok: integrated to alpha = 10" in text

@@ -11,8 +11,10 @@ from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 import onlinemdl as om  # noqa: E402
-from onlinemdl import analysis as an  # noqa: E402
-from onlinemdl import plotting as pl  # noqa: E402
+from onlinemdl import (
+    analysis as an,  # noqa: E402
+    plotting as pl,  # noqa: E402
+)
 
 
 def as_simulation(traj, replicas=4, noise=0.03, seed=0):
@@ -26,15 +28,15 @@ def as_simulation(traj, replicas=4, noise=0.03, seed=0):
 
 @pytest.fixture(scope="module")
 def classic():
-    teacher = om.Teacher.orthonormal(200, 3, rng=0)
-    student = om.Student.full(200, 3, init="small", rng=1)
+    teacher = om.Teacher.orthonormal(200, 3, seed=0)
+    student = om.Student.full(200, 3, init="small", seed=1)
     return om.integrate(student, teacher, eta=1.0, alpha_max=5e3, points=120)
 
 
 @pytest.fixture(scope="module")
 def modes():
-    teacher = om.Teacher.modes(30, 8, rng=0)
-    student = om.Student.from_teacher_modes(teacher, train=("xi",), rng=1)
+    teacher = om.Teacher.modes(30, 8, seed=0)
+    student = om.Student.from_teacher_modes(teacher, train=("xi",), seed=1)
     return om.integrate(student, teacher, eta=5.0, alpha_max=1e5, points=120), teacher
 
 

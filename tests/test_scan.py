@@ -8,12 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 import h5py
 import numpy as np
 import pytest
+from conftest import assert_same_trajectory
 
-from onlinemdl.scan import ScanResult, definition, load_scan, point_id, run_name, run_ode, scan
-from onlinemdl.storage import ScanStore
+from onlinemdl.recipes import run_ode
+from onlinemdl.scan import ScanResult, definition, load_scan, point_id, run_name, scan
+from onlinemdl.scan_store import ScanStore
+from onlinemdl.storage import save_trajectory
 from onlinemdl.trajectory import Trajectory
-
-from test_storage import assert_same_trajectory
 
 TINY = dict(N=10, M=2, teacher="random", student="full", alpha_max=2.0, points=5)
 
@@ -133,7 +134,7 @@ def test_failure_keeps_finished_points_and_reports_the_point(tmp_path):
 
 def test_store_guards(tmp_path):
     store = tmp_path / "g.h5"
-    toy(1.0).to_hdf5(store)
+    save_trajectory(toy(1.0), store)
     with pytest.raises(ValueError, match="exists and is not a scan store"):
         scan({"rate": [1.0]}, run=toy, store=store, progress=False)
     with pytest.raises(ValueError, match="is not a scan store"):
@@ -163,6 +164,7 @@ INTERRUPTED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted(tmp_path):
     store = tmp_path / "k.h5"
     journal = tmp_path / "k.h5.journal"
@@ -186,11 +188,12 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.h5", "whole.h5"]  # journal, temp and lock files gone
 
 
+@pytest.mark.slow
 def test_process_pool_and_dask_equal_threads(tmp_path):
     distributed = pytest.importorskip("distributed")
     grid = {"eta": [0.5, 1.0]}
     local = scan(grid, store=tmp_path / "t.h5", fixed=TINY, executor=threads(), progress=False)
-    assert local.run == "onlinemdl.scan:run_ode"
+    assert local.run == "onlinemdl.recipes:run_ode"
     procs = scan(grid, store=tmp_path / "p.h5", fixed=TINY, workers=2, progress=False)
     assert_same_scan(procs, local)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
@@ -211,6 +214,7 @@ def test_run_ode_records_its_spec():
         run_ode(teacher="nope")
 
 
+@pytest.mark.slow
 def test_interactive_run_function_is_refused_before_anything_is_written(tmp_path, monkeypatch):
     def myrun(eta):
         raise AssertionError("must not run")

@@ -17,13 +17,13 @@ def two_sample_ok(x, y, k=4.5):
 
 
 CASES = {
-    "full": lambda: (om.Teacher.orthonormal(30, 2, rng=0), om.Student.full(30, 2, rng=1, scale=0.5)),
-    "full_in_teacher_span": lambda: (om.Teacher.random(25, 2, rng=0),
-                                     om.Student.full(25, 3, init="informed", overlap=1.0, rng=1,
-                                                     teacher=om.Teacher.random(25, 2, rng=0))),
-    "modes_xi": lambda: ((t := om.Teacher.modes(30, 8, rng=0)), om.Student.from_teacher_modes(t, rng=1)),
-    "modes_all": lambda: (om.Teacher.modes(30, 4, rng=0, sigma=0.2),
-                          om.Student.modes(30, 4, 3, rng=1, train=("xi", "lam", "A", "v"))),
+    "full": lambda: (om.Teacher.orthonormal(30, 2, seed=0), om.Student.full(30, 2, seed=1, scale=0.5)),
+    "full_in_teacher_span": lambda: (om.Teacher.random(25, 2, seed=0),
+                                     om.Student.full(25, 3, init="informed", overlap=1.0, seed=1,
+                                                     teacher=om.Teacher.random(25, 2, seed=0))),
+    "modes_xi": lambda: ((t := om.Teacher.modes(30, 8, seed=0)), om.Student.from_teacher_modes(t, seed=1)),
+    "modes_all": lambda: (om.Teacher.modes(30, 4, seed=0, sigma=0.2),
+                          om.Student.modes(30, 4, 3, seed=1, train=("xi", "lam", "A", "v"))),
 }
 
 
@@ -46,7 +46,7 @@ def test_gram_detects_a_wrong_chain():
     teacher, student = CASES["full"]()
     kw = dict(eta=1.5, alpha=[0.0, 10.0], replicas=300, seed=3, method="gram")
     ref = om.simulate(student, teacher, **kw)
-    other = om.simulate(om.Student.full(30, 2, rng=1, scale=0.5, batch=4), teacher, **kw)
+    other = om.simulate(om.Student.full(30, 2, seed=1, scale=0.5, batch=4), teacher, **kw)
     ok, _ = two_sample_ok(ref.Q[:, -1, 0, 0], other.Q[:, -1, 0, 0])
     assert not ok
 
@@ -60,7 +60,7 @@ def max_gap(student, teacher, eta, alpha, replicas, seed):
 def test_simulation_approaches_ode_like_inverse_sqrt_n_classic():
     Ns = [100, 1000, 10_000, 100_000]
     alpha = np.linspace(0, 4, 9)
-    gaps = [max_gap(om.Student.full(N, 2, rng=1, scale=0.7), om.Teacher.orthonormal(N, 2, rng=0), 1.0, alpha, 6, 5)
+    gaps = [max_gap(om.Student.full(N, 2, seed=1, scale=0.7), om.Teacher.orthonormal(N, 2, seed=0), 1.0, alpha, 6, 5)
             for N in Ns]
     slope = np.polyfit(np.log(Ns), np.log(gaps), 1)[0]
     assert gaps[-1] < gaps[0] / 10
@@ -71,12 +71,12 @@ def test_simulation_approaches_ode_mode_setting():
     # the paper's setting (K = M = 8, p = 3, only Xi trained, eta = 5) with the same modes A, lam at every N
     Ns = [30, 300, 3000]
     alpha = np.array([0.0, 3.0, 10.0, 30.0, 100.0])
-    base = om.Teacher.modes(30, 8, rng=0)
+    base = om.Teacher.modes(30, 8, seed=0)
     gaps = []
     for N in Ns:
         Xi = mode_scale(30) * np.random.default_rng(N).standard_normal((N, 3))
         teacher = om.Teacher((base.A * base.lam) @ Xi.T, A=base.A, lam=base.lam, Xi=Xi)
-        gaps.append(max_gap(om.Student.from_teacher_modes(teacher, rng=1), teacher, 5.0, alpha, 8, 7))
+        gaps.append(max_gap(om.Student.from_teacher_modes(teacher, seed=1), teacher, 5.0, alpha, 8, 7))
     slope = np.polyfit(np.log(Ns), np.log(gaps), 1)[0]
     assert gaps[-1] < gaps[0] / 5
     assert -0.9 < slope < -0.3, (gaps, slope)
@@ -97,7 +97,7 @@ def test_same_seed_same_bits_whatever_the_threads(method):
 
 def test_test_set_estimate_matches_closed_form():
     teacher, student = CASES["full"]()
-    sim = om.simulate(student, teacher, eta=1.0, alpha=[0.0, 1.0, 5.0], replicas=4, seed=0, test_set=20_000)
+    sim = om.simulate(student, teacher, eta=1.0, alpha=[0.0, 1.0, 5.0], replicas=4, seed=0, method="explicit", test_set=20_000)
     rel = np.abs(sim.eps_test / sim.eps_g - 1)
     assert np.all(rel < 0.05), rel
 
@@ -112,8 +112,8 @@ def test_single_replica_has_no_replica_axis_and_records_grid():
 
 
 def test_diverging_replicas_are_flagged_not_averaged():
-    teacher = om.Teacher.orthonormal(50, 2, rng=0, activation="linear")
-    student = om.Student.full(50, 2, rng=1, activation="linear")
+    teacher = om.Teacher.orthonormal(50, 2, seed=0, activation="linear")
+    student = om.Student.full(50, 2, seed=1, activation="linear")
     for method in ("explicit", "gram"):
         sim = om.simulate(student, teacher, eta=30.0, alpha_max=50.0, replicas=3, seed=0, method=method)
         assert sim.status == "diverged" and sim.diverged.all()

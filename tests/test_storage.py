@@ -9,33 +9,12 @@ from dataclasses import fields
 import h5py
 import numpy as np
 import pytest
+from conftest import assert_same_trajectory
 
 import onlinemdl as om
 from onlinemdl import storage
+from onlinemdl.storage import load_trajectory, save_trajectory
 from onlinemdl.trajectory import Trajectory
-
-
-def same(a, b):
-    """Strict equality: same types, dtypes, shapes and values (NaN equals NaN)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, (np.ndarray, np.generic)):
-        if a.dtype != b.dtype or np.shape(a) != np.shape(b):
-            return False
-        return bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, float) and a != a:
-        return b != b
-    return a == b
-
-
-def assert_same_trajectory(a, b):
-    for f in fields(Trajectory):
-        assert same(getattr(a, f.name), getattr(b, f.name)), f.name
-
 
 ALL_TYPES = dict(
     none=None, true=True, false=False, int=-3, big_int=2**70, float=1.5, nan=float("nan"), inf=-float("inf"),
@@ -50,8 +29,8 @@ ALL_TYPES = dict(
 
 
 def _modes_pair(N=12, M=3):
-    teacher = om.Teacher.modes(N, M, rng=0)
-    return teacher, om.Student.from_teacher_modes(teacher, rng=1)
+    teacher = om.Teacher.modes(N, M, seed=0)
+    return teacher, om.Student.from_teacher_modes(teacher, seed=1)
 
 
 def _sgd_by_hand(replicas):
@@ -69,8 +48,8 @@ def _sgd_by_hand(replicas):
 
 def trajectories():
     teacher, student = _modes_pair()
-    full_t = om.Teacher.random(10, 2, rng=0)
-    full_s = om.Student.full(10, 2, rng=1, train=("w", "v"))
+    full_t = om.Teacher.random(10, 2, seed=0)
+    full_s = om.Student.full(10, 2, seed=1, train=("w", "v"))
     out = {
         "ode_modes": om.integrate(student, teacher, eta=1.0, alpha_max=1.0, points=4, form="modes"),
         "ode_reduced": om.integrate(student, teacher, eta=1.0, alpha_max=1.0, points=4),
@@ -95,9 +74,9 @@ def trajs():
 def test_every_kind_round_trips_exactly(trajs, tmp_path):
     path = tmp_path / "all.h5"
     for name, traj in trajs.items():
-        traj.to_hdf5(path, name=name)
+        save_trajectory(traj, path, name=name)
     for name, traj in trajs.items():
-        back = Trajectory.from_hdf5(path, name=name)
+        back = load_trajectory(path, name=name)
         assert_same_trajectory(back, traj)
     with h5py.File(path, "r") as f:
         assert sorted(storage.trajectory_names(f)) == sorted(trajs)
@@ -111,35 +90,35 @@ def test_every_kind_round_trips_exactly(trajs, tmp_path):
 
 def test_group_target_and_single_trajectory_lookup(trajs, tmp_path):
     path = tmp_path / "one.h5"
-    trajs["ode_full"].to_hdf5(path)
-    assert_same_trajectory(Trajectory.from_hdf5(path), trajs["ode_full"])  # the only trajectory in the file
+    save_trajectory(trajs["ode_full"], path)
+    assert_same_trajectory(load_trajectory(path), trajs["ode_full"])  # the only trajectory in the file
     with h5py.File(tmp_path / "group.h5", "w") as f:
-        trajs["sgd_replicas"].to_hdf5(f, name="runs/a")
-        trajs["ode_full"].to_hdf5(f["runs"], name="b")
-        assert_same_trajectory(Trajectory.from_hdf5(f["runs/a"]), trajs["sgd_replicas"])
+        save_trajectory(trajs["sgd_replicas"], f, name="runs/a")
+        save_trajectory(trajs["ode_full"], f["runs"], name="b")
+        assert_same_trajectory(load_trajectory(f["runs/a"]), trajs["sgd_replicas"])
         with pytest.raises(ValueError, match="name: .* holds 2 trajectories"):
-            Trajectory.from_hdf5(f["runs"])
+            load_trajectory(f["runs"])
         assert not [k for k in f["runs"] if k.startswith(".")]  # no hidden partial groups left
 
 
 def test_overwrite_and_errors(trajs, tmp_path):
     path = tmp_path / "x.h5"
-    trajs["ode_full"].to_hdf5(path, name="run")
+    save_trajectory(trajs["ode_full"], path, name="run")
     with pytest.raises(ValueError, match="already holds 'run'"):
-        trajs["ode_modes"].to_hdf5(path, name="run")
-    trajs["ode_modes"].to_hdf5(path, name="run", overwrite=True)
-    assert_same_trajectory(Trajectory.from_hdf5(path, name="run"), trajs["ode_modes"])
+        save_trajectory(trajs["ode_modes"], path, name="run")
+    save_trajectory(trajs["ode_modes"], path, name="run", overwrite=True)
+    assert_same_trajectory(load_trajectory(path, name="run"), trajs["ode_modes"])
     with pytest.raises(ValueError, match="has no group 'nope'"):
-        Trajectory.from_hdf5(path, name="nope")
+        load_trajectory(path, name="nope")
     with pytest.raises(FileNotFoundError):
-        Trajectory.from_hdf5(tmp_path / "missing.h5")
+        load_trajectory(tmp_path / "missing.h5")
     (tmp_path / "text.h5").write_text("not hdf5")
     with pytest.raises(ValueError, match="not an HDF5 file"):
-        Trajectory.from_hdf5(tmp_path / "text.h5")
+        load_trajectory(tmp_path / "text.h5")
     bad = Trajectory(**{f.name: getattr(trajs["ode_full"], f.name) for f in fields(Trajectory)})
     bad.params = {"f": lambda: 0}
     with pytest.raises(ValueError, match=r"params\['f'\]: cannot store a value of type function"):
-        bad.to_hdf5(path, name="bad")
+        save_trajectory(bad, path, name="bad")
     with h5py.File(path, "r") as f:
         assert set(f) == {"run"}  # the failed write left nothing
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -147,17 +126,18 @@ def test_overwrite_and_errors(trajs, tmp_path):
 
 def test_newer_format_is_refused(trajs, tmp_path):
     path = tmp_path / "new.h5"
-    trajs["ode_full"].to_hdf5(path)
+    save_trajectory(trajs["ode_full"], path)
     with h5py.File(path, "r+") as f:
         f["trajectory"].attrs["format_version"] = storage.FORMAT_VERSION + 1
     with pytest.raises(ValueError, match="newer than this onlinemdl"):
-        Trajectory.from_hdf5(path, name="trajectory")
+        load_trajectory(path, name="trajectory")
 
 
 WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np
     from onlinemdl import storage
+    from onlinemdl.storage import save_trajectory
     from onlinemdl.trajectory import Trajectory
 
     path, hang_at = sys.argv[1], int(sys.argv[2])
@@ -174,10 +154,11 @@ WRITER = textwrap.dedent("""
             time.sleep(60)
     storage.write_record = hanging
     for i in range(hang_at + 1):
-        traj(i).to_hdf5(path, name=f"run{i}")
+        save_trajectory(traj(i), path, name=f"run{i}")
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hang_at", [0, 3])
 def test_writer_killed_mid_write_leaves_only_complete_runs(tmp_path, hang_at):
     path = tmp_path / "runs.h5"
@@ -187,17 +168,18 @@ def test_writer_killed_mid_write_leaves_only_complete_runs(tmp_path, hang_at):
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(30)
-    assert [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # it died inside a write
+    assert [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # it died inside a write
     if hang_at == 0:
         assert not path.exists()
         return
     with h5py.File(path, "r") as f:
         assert sorted(f) == [f"run{i}" for i in range(hang_at)]
     for i in range(hang_at):
-        traj = Trajectory.from_hdf5(path, name=f"run{i}")
+        traj = load_trajectory(path, name=f"run{i}")
         assert traj.params == {"i": i} and np.all(traj.Q == i)
 
 
+@pytest.mark.slow
 def test_reader_sees_old_or_new_file_during_writes(tmp_path):
     path = tmp_path / "live.h5"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "30"], stdout=subprocess.PIPE, text=True)
@@ -209,7 +191,7 @@ def test_reader_sees_old_or_new_file_during_writes(tmp_path):
                 with h5py.File(path, "r") as f:
                     names = sorted(f)
                 for name in names:
-                    assert Trajectory.from_hdf5(path, name=name).params["i"] == int(name[3:])
+                    assert load_trajectory(path, name=name).params["i"] == int(name[3:])
                 seen.add(len(names))
             time.sleep(0.01)
     finally:

@@ -8,13 +8,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 
-from . import analysis as an
-from . import data as datasets
-from . import io
+from ..atomic import staged_files
+from . import analysis as an, data as datasets, io
 from .fits import fit_log
 from .network import DTYPES, KINDS
 from .optim import SCHEDULES
@@ -48,25 +46,13 @@ def load_data(name, seed=0, mnist_path=None, dtype="float64"):
 
 def _write_outputs(h5_writes, figures):
     """Render every figure and HDF5 file to temporary files, then move them all into place."""
-    staged = []
-    try:
-        for path, fig in figures.items():
-            fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1], dir=os.path.dirname(os.path.abspath(path)))
-            os.close(fd)
-            staged.append((tmp, path))
+    paths = [*figures, *h5_writes]
+    with staged_files(*paths) as tmps:
+        for tmp, fig in zip(tmps, figures.values()):
             fig.savefig(tmp, dpi=120)
-        for path, write in h5_writes.items():
-            fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=os.path.dirname(os.path.abspath(path)))
-            os.close(fd)
-            staged.append((tmp, path))
+        for tmp, write in zip(tmps[len(figures):], h5_writes.values()):
             write(tmp)
-    except BaseException:
-        for tmp, _ in staged:
-            os.unlink(tmp)
-        raise
-    for tmp, path in staged:
-        os.replace(tmp, path)
-    return [path for _, path in staged]
+    return paths
 
 
 def _check_out_dir(path):

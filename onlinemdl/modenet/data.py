@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..runsetup import generator
+
 #: environment variable naming the folder of the MNIST IDX files
 MNIST_ENV = "ONLINEMDL_MNIST"
 _MNIST_FILES = {
@@ -143,9 +145,16 @@ def xor_dataset(n_train=1000, n_test=1000, seed=0, variance=0.05, dtype="float64
 
 
 def teacher_student(teacher, n, seed=None, noise=True):
-    """``n`` samples of the on-line model: ``x ~ N(0, I_N)``, ``y = sum_m vt_m g(B_m x / sqrt N) + sigma zeta``."""
+    """``n`` samples of the on-line model: ``x ~ N(0, I_N)``, ``y = sum_m vt_m g(B_m x / sqrt N) + sigma zeta``.
+
+    ``seed``: an integer >= 0, or None for fresh entropy.
+    """
+    return draw_teacher_student(teacher, n, generator(seed), noise)
+
+
+def draw_teacher_student(teacher, n, rng: np.random.Generator, noise=True):
+    """:func:`teacher_student` drawing from the generator ``rng`` (continuing its stream)."""
     from scipy.special import erf
-    rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, teacher.N))
     v = X @ teacher.B.T / np.sqrt(teacher.N)  # teacher fields
     g = erf(v / np.sqrt(2.0)) if teacher.activation == "erf" else v

@@ -6,7 +6,7 @@ import json
 import h5py
 import numpy as np
 
-from ..storage import atomic_file
+from ..atomic import atomic_file
 from .network import Network
 from .train import History
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def _scaled(a, s):
     """``s a``, in place on the fresh product ``a``."""
     if s != 1.0:

@@ -12,9 +12,7 @@ import math
 
 import numpy as np
 
-from . import activations as acts
-from . import layers as lay
-from . import losses
+from . import activations as acts, layers as lay, losses
 
 #: network kinds: "modes" (one pattern set per layer, shared across depth), "modes-untied"
 #: (two pattern sets per layer), and the baselines "dense", "lowrank" (U V^T), "svd" (U diag(s) V^T)

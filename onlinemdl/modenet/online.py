@@ -1,5 +1,5 @@
 """The bridge to the on-line theory: the mode network's own code trained on teacher-student data
-in the on-line model's exact parametrisation (DESIGN.md section 2).
+in the on-line model's exact parametrisation (theory/conventions.md).
 
 One hidden layer with fields ``h = W x / sqrt(N)`` (``W = A diag(lam) Xi^T`` or full), the
 student's activation, a scalar linear output ``sum_i v_i g(h_i)``, loss ``0.5 (yhat - y)^2``,
@@ -13,10 +13,11 @@ import math
 
 import numpy as np
 
+from ..dynamics import Dynamics
 from ..gaussian import activation_code, eps_g as eps_g_closed
-from ..ode import alpha_grid
+from ..runsetup import check_int, divergence_threshold, output_times, record_steps, replica_streams
 from ..trajectory import Trajectory
-from .data import teacher_student
+from .data import draw_teacher_student
 from .network import Network
 from .optim import SGD
 
@@ -55,18 +56,7 @@ def order_parameters(net, teacher):
     return out
 
 
-def _record_steps(alpha, alpha_max, points, N):
-    if alpha is None:
-        if alpha_max is None:
-            raise ValueError("give alpha_max or alpha")
-        alpha = alpha_grid(alpha_max, points)
-    alpha = np.asarray(alpha, dtype=float)
-    if alpha.ndim != 1 or alpha.size == 0 or not np.all(np.isfinite(alpha)) or np.any(alpha < 0):
-        raise ValueError("alpha must be a non-empty 1-d array of finite times >= 0")
-    return np.unique(np.rint(alpha * N).astype(np.int64))
-
-
-def train_online(student, teacher, eta, alpha_max=None, alpha=None, replicas=1, seed=0, eta_lam=None,
+def train_online(student, teacher, *, eta, alpha_max=None, alpha=None, replicas=1, seed=0, eta_lam=None,
                  eta_A=None, eta_v=None, points=200, max_norm=1e2, dtype="float64"):
     """On-line SGD of ``student`` on ``teacher`` with the mode network's code.
 
@@ -78,33 +68,24 @@ def train_online(student, teacher, eta, alpha_max=None, alpha=None, replicas=1, 
     marked diverged once some ``Q_ii`` exceeds ``max_norm`` times its scale (checked at the
     recording times) and holds NaN from there on. ``eps_g`` is the closed form of the weights.
     """
-    if not (np.isfinite(eta) and eta > 0):
-        raise ValueError(f"eta must be a finite number > 0, got {eta!r}")
-    for name, r in (("eta_lam", eta_lam), ("eta_A", eta_A), ("eta_v", eta_v)):
-        if r is not None and not (np.isfinite(r) and r >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {r!r}")
-    if not (np.isfinite(max_norm) and max_norm > 0):
-        raise ValueError(f"max_norm must be a finite number > 0, got {max_norm!r}")
-    if student.N != teacher.N:
-        raise ValueError(f"teacher and student must share N, got {teacher.N} and {student.N}")
-    if student.activation != teacher.activation:
-        raise ValueError("teacher and student must share the activation")
-    if student.batch != 1:
-        raise ValueError(f"student.batch must be 1 for the on-line bridge, got {student.batch}")
-    if not isinstance(replicas, (int, np.integer)) or replicas < 1:
-        raise ValueError(f"replicas must be an integer >= 1, got {replicas!r}")
+    dynamics = Dynamics.from_networks(student, teacher, eta=eta, eta_lam=eta_lam, eta_A=eta_A, eta_v=eta_v,
+                                      max_norm=max_norm)
+    op0 = student.order_parameters(teacher)  # also checks that the networks share N
+    if dynamics.batch != 1:
+        raise ValueError(f"student.batch must be 1 for the on-line bridge, got {dynamics.batch}")
+    replicas = check_int("replicas", replicas)
+    streams = replica_streams(seed, replicas)
     N = student.N
-    steps = _record_steps(alpha, alpha_max, points, N)
+    steps = record_steps(output_times(alpha, alpha_max, points), N)
     alpha = steps / N
-    rates = {k: float(eta if r is None else r) for k, r in (("lam", eta_lam), ("A", eta_A), ("v", eta_v))}
+    rates = {"lam": dynamics.eta_lam, "A": dynamics.eta_A, "v": dynamics.eta_v}
+    eta = dynamics.eta
     lr_scale = {k: r / (eta * N) for k, r in rates.items()}  # eta_x / N
-    decay = 1.0 - eta * student.weight_decay / N
+    decay = 1.0 - eta * dynamics.weight_decay / N
     big = "Xi" if student.is_modes else "W"
-    act = activation_code(student.activation)
-    T = teacher.T
-    Q0 = student.order_parameters(teacher)["Q"]
-    max_q = max_norm * max(1.0, float(np.max(np.diag(T))), float(np.max(np.abs(Q0))))
-    streams = [np.random.Generator(np.random.PCG64(s)) for s in np.random.SeedSequence(seed).spawn(replicas)]
+    act = activation_code(dynamics.activation)
+    T = op0["T"]
+    max_q = divergence_threshold(dynamics.max_norm, T, op0["Q"])
     n = len(steps)
     out = {k: np.full((replicas, n) + shape, np.nan) for k, shape in
            (("eps_g", ()), ("Q", (student.K,) * 2), ("R", (student.K, teacher.M)), ("v", (student.K,)))}
@@ -125,7 +106,7 @@ def train_online(student, teacher, eta, alpha_max=None, alpha=None, replicas=1, 
                 while done < target:
                     k = done % _CHUNK
                     if k == 0:  # a fresh block of samples
-                        X, y = teacher_student(teacher, _CHUNK, rng)
+                        X, y = draw_teacher_student(teacher, _CHUNK, rng)
                     _, grads = net.loss_and_grad(X[k:k + 1], y[k:k + 1])
                     opt.step(net.params, grads)
                     if decay != 1.0 and big in net.trainable:
@@ -145,9 +126,8 @@ def train_online(student, teacher, eta, alpha_max=None, alpha=None, replicas=1, 
     status = "diverged" if diverged.any() else "ok"
     message = (f"{int(diverged.sum())} of {replicas} replicas diverged (first at alpha = {np.nanmin(alpha_div):.6g})"
                if diverged.any() else f"trained to alpha = {alpha[-1]:.6g}")
-    params = {"eta": eta, "eta_lam": rates["lam"], "eta_A": rates["A"], "eta_v": rates["v"], "N": N, "K": student.K, "M": teacher.M,
-              "replicas": replicas, "seed": seed, "max_norm": max_norm, "train": list(student.train),
-              "engine": "modenet"}
+    params = dict(N=N, K=student.K, M=teacher.M, p=student.p or 0, form="modes" if student.is_modes else "full",
+                  **dynamics.params(), method="modenet", seed=seed, replicas=replicas, vt=teacher.vt, T=T)
     squeeze = (lambda a: a[0]) if replicas == 1 else (lambda a: a)
     return Trajectory(alpha=alpha, steps=steps, T=T, kind="modenet", params=params, status=status,
                       message=message, nfev=int(steps[-1]) * replicas, diverged=diverged,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .optim import Adam, SGD, make_optimizer, schedule as make_schedule
+from .optim import SGD, Adam, make_optimizer, schedule as make_schedule
 
 
 @dataclass

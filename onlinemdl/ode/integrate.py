@@ -1,0 +1,136 @@
+"""Integration of the order-parameter ODEs into a Trajectory."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..gaussian import eps_g as _eps_g
+from ..runsetup import check_number, diverged_message, divergence_threshold, output_times
+from ..trajectory import Trajectory
+from .kernels import euler
+from .system import OdeSystem, finite_difference_jacobian
+
+#: ``method`` values besides "euler" and "auto" (LSODA): those of ``scipy.integrate.solve_ivp``.
+SOLVE_IVP_METHODS = ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA")
+
+
+def integrate(student=None, teacher=None, *, eta=None, alpha_max=None, alpha=None, eta_lam=None, eta_A=None,
+              eta_v=None, method="auto", rtol=1e-8, atol=1e-10, step=None, points=200, state=None, system=None,
+              form=None, max_norm=1e2) -> Trajectory:
+    """Integrate the order-parameter ODEs from the networks' own order parameters.
+
+    Parameters
+    ----------
+    student, teacher : the networks (their order parameters are the initial condition).
+    eta : learning rate of the N-dimensional weights (``W`` or ``Xi``).
+    alpha_max, alpha : end time with the default log-spaced grid, or the output times (one of them).
+    eta_lam, eta_A, eta_v : rates of the O(1) factors (default ``eta``).
+    method : "auto" (LSODA: switches between Adams and BDF with the stiffness, for both the
+        fast and the stiff regime), any other ``scipy.integrate.solve_ivp`` method name
+        ("Radau", "BDF", "RK45", "DOP853"), or "euler" (fixed step ``step``, default 1/N,
+        mirroring discrete SGD).
+    rtol, atol : tolerances of the adaptive methods.
+    state, system : instead of networks, order parameters given directly and the
+        :class:`OdeSystem` built by ``OdeSystem.from_state`` (its dynamics are used; ``eta``, the
+        other rates and ``max_norm`` must then not be given).
+    form : "full", "modes" or "reduced" (default: the networks' own form).
+    max_norm : the run is marked "diverged" once a squared weight norm (``Q_ii`` or an entry of
+        the mode state) exceeds ``max_norm`` times its scale (1, ``T_nn``, initial ``Q``).
+
+    Returns
+    -------
+    Trajectory with ``kind="ode"``; ``status`` is "ok", "diverged" (trajectory up to the
+    divergence) or "failed" (solver failure, message says why).
+    """
+    if system is None:
+        if student is None or teacher is None:
+            raise ValueError("give student and teacher, or state= and system=")
+        system, state = OdeSystem.from_networks(student, teacher, eta=eta, eta_lam=eta_lam, eta_A=eta_A,
+                                                eta_v=eta_v, max_norm=max_norm, form=form)
+        N = student.N
+    else:
+        if state is None:
+            raise ValueError("system= needs state=")
+        if student is not None or teacher is not None:
+            raise ValueError("give student and teacher, or state= and system=, not both")
+        if any(r is not None for r in (eta, eta_lam, eta_A, eta_v)) or max_norm != 1e2:
+            raise ValueError("eta, eta_lam, eta_A, eta_v and max_norm come from system=; set them in "
+                             "OdeSystem.from_state")
+        N = None
+    alpha = output_times(alpha, alpha_max, points)
+    if method not in ("auto", "euler") + SOLVE_IVP_METHODS:
+        raise ValueError(f"method must be one of 'auto', 'euler', {', '.join(map(repr, SOLVE_IVP_METHODS))}, "
+                         f"got {method!r}")
+    rtol, atol = check_number("rtol", rtol, strict=True), check_number("atol", atol, strict=True)
+    y0 = system.pack(state)
+    max_q = divergence_threshold(system.dynamics.max_norm, system.T, state.get("Q", state.get("Rm")))
+    t0 = time.perf_counter()
+    status, message = "ok", ""
+    if method == "euler":
+        dt = (1.0 / N if N else 1e-2) if step is None else check_number("step", step, strict=True)
+        ys, nfev, t_end, div = euler(y0, alpha, dt, system.kernel_args, max_q)
+        ys = ys[:int(np.sum(np.all(np.isfinite(ys), axis=1)))]
+        if div:
+            status, message = "diverged", diverged_message(t_end)
+    else:
+        ys, nfev, status, message = _run_adaptive(system, y0, alpha, method, rtol, atol, max_q)
+    wall = time.perf_counter() - t0
+    if status == "ok":
+        message = f"integrated to alpha = {alpha[-1]:.6g}"
+    return _trajectory(system, alpha[:len(ys)], ys, N, status, message, nfev, method, wall,
+                       dict(rtol=rtol, atol=atol, step=step))
+
+
+def _run_adaptive(system, y0, alpha, method, rtol, atol, max_q):
+    """``solve_ivp`` to the output times; returns ``(ys, nfev, status, message)``."""
+    from scipy.integrate import solve_ivp  # imported here: it costs a third of the package's import time
+
+    nfev = 0
+
+    def rhs(y):
+        nonlocal nfev
+        nfev += 1
+        return system.rhs(y)
+
+    def runaway(t, y):
+        return max_q - np.max(np.abs(y)) if np.all(np.isfinite(y)) else -1.0
+
+    runaway.terminal = True
+    runaway.direction = -1
+    name = "LSODA" if method == "auto" else method
+    kw = {}
+    if name in ("LSODA", "BDF", "Radau"):
+        kw["jac"] = lambda t, y: finite_difference_jacobian(rhs, y, order=1)
+    if alpha[-1] == 0:
+        return y0[None, :], 0, "ok", ""
+    sol = solve_ivp(lambda t, y: rhs(y), (0.0, alpha[-1]), y0, method=name, t_eval=alpha, rtol=rtol, atol=atol,
+                    events=runaway, **kw)
+    ys = np.asarray(sol.y, dtype=float).reshape(y0.size, -1).T  # (0, n) when stopped before the first output
+    finite = np.all(np.isfinite(ys), axis=1)
+    ys = ys[: int(np.argmin(finite)) if not finite.all() else len(ys)]
+    if sol.status == 1:
+        return ys, nfev, "diverged", diverged_message(float(sol.t_events[0][0]))
+    if sol.status < 0:
+        return ys, nfev, "failed", f"solver failed at alpha = {sol.t[-1]:.6g}: {sol.message}"
+    return ys, nfev, "ok", ""
+
+
+def _trajectory(system, alpha, ys, N, status, message, nfev, method, wall, extra):
+    states = [system.unpack(y) for y in ys]
+    template = system.unpack(np.zeros(ys.shape[1]))
+
+    def stack(key):
+        return np.array([s[key] for s in states]) if states else np.empty((0,) + np.shape(template[key]))
+
+    Q, R, v = stack("Q"), stack("R"), stack("v")
+    eps = np.array([_eps_g(s["Q"], s["R"], system.T, s["v"], system.vt, system.act) for s in states])
+    params = system.params()
+    params.update(method=method, N=N if N else 0, wall_time=wall,
+                  **{k: val for k, val in extra.items() if val is not None})
+    steps = np.rint(alpha * N).astype(np.int64) if N else np.zeros(len(alpha), np.int64)
+    modes = system.form == "modes"
+    return Trajectory(alpha=np.asarray(alpha, float), steps=steps, eps_g=eps, Q=Q, R=R, T=system.T.copy(),
+                      Rm=stack("Rm") if modes else None, S=stack("S") if modes else None,
+                      lam=stack("lam") if modes else None, A=stack("A") if modes else None, v=v,
+                      kind="ode", params=params, status=status, message=message, nfev=int(nfev))

@@ -1,0 +1,257 @@
+"""Numba kernels of the order-parameter ODEs: the Gaussian averages and the right-hand sides.
+
+The right-hand sides are the N -> infinity limit of N x (expected change per SGD step);
+derivations in ``theory/online_dynamics.md``. Three forms share one Numba kernel,
+:func:`field_averages`, which returns every Gaussian average the dynamics need:
+
+* ``"full"``: full-weight student, state ``(Q, R[, v])``;
+* ``"modes"``: mode student, state ``(Rm, S[, lam][, A][, v])``, any subset trained;
+* ``"reduced"``: mode student with only ``Xi`` trained, state ``(Q, R)``, the full-weight
+  terms multiplied by ``P = A L^2 A^T``.
+
+Symmetric matrices are stored once (upper triangle) in the state vector.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from ..dynamics import ACT, DECAY, ETA, ETA_A, ETA_LAM, ETA_V, INV_BATCH, SIGMA, TRAIN_A, TRAIN_LAM, TRAIN_N, TRAIN_V
+from ..gaussian import I2, J2, LINEAR
+
+_2PI = 2.0 / math.pi
+_4PI2 = 4.0 / math.pi**2
+
+
+# --------------------------------------------------------------------------------------
+# The Gaussian averages of the dynamics
+# --------------------------------------------------------------------------------------
+@njit(cache=True)
+def field_averages(Sig, K, c, sigma, act):
+    """Averages over the fields ``f = (h_1..h_K, v_1..v_M)`` with covariance ``Sig``.
+
+    With ``err = sum_k c_k g(f_k) - sigma zeta`` (``c = (v, -vt)``) and
+    ``delta_i = v_i g'(h_i) err``, returns
+
+    * ``Phi`` (K, K+M), ``psi`` (K): for any Gaussian field ``z``,
+      ``E[delta_i z] = sum_k Phi_ik Cov(z, f_k) - psi_i Cov(z, h_i)`` (I3 is linear in z);
+    * ``D`` (K, K): ``E[delta_i delta_j] = v_i v_j (sum_kl c_k c_l I4(i,j,k,l) + sigma^2 J2(i,j))``;
+    * ``Ig`` (K): ``E[err g(h_i)] = sum_k c_k I2(i, k)``.
+    """
+    n = Sig.shape[0]
+    Phi = np.empty((K, n))
+    psi = np.zeros(K)
+    D = np.empty((K, K))
+    Ig = np.zeros(K)
+    for i in range(K):
+        sii = 1.0 + Sig[i, i]
+        for k in range(n):
+            if act == LINEAR:
+                Phi[i, k] = c[i] * c[k]
+            else:
+                # I3(i, z, k) = (2/pi)(C_zk (1+C_ii) - C_zi C_ik) / ((1+C_ii) sqrt(L3_ik))
+                l3 = sii * (1.0 + Sig[k, k]) - Sig[i, k] ** 2
+                Phi[i, k] = c[i] * c[k] * _2PI / math.sqrt(max(l3, 0.0) + 1e-300)
+                psi[i] += Phi[i, k] * Sig[i, k] / sii
+            Ig[i] += c[k] * I2(Sig[i, i], Sig[k, k], Sig[i, k], act)
+    rs = np.empty(n)
+    for a in range(K):
+        saa = 1.0 + Sig[a, a]
+        for b in range(a, K):
+            sbb = 1.0 + Sig[b, b]
+            sab = Sig[a, b]
+            if act == LINEAR:
+                acc = sigma * sigma
+                for k in range(n):
+                    for l in range(n):
+                        acc += c[k] * c[l] * Sig[k, l]
+                D[a, b] = D[b, a] = c[a] * c[b] * acc
+                continue
+            # I4(a,b,k,l) = (4/pi^2) / sqrt(L4) asin(L0 / sqrt(L1_k L1_l)), Saad & Solla (1995) eq. A6
+            l4 = max(saa * sbb - sab * sab, 0.0)
+            for k in range(n):
+                sak, sbk = Sig[a, k], Sig[b, k]
+                l1 = l4 * (1.0 + Sig[k, k]) - sbk * sbk * saa - sak * sak * sbb + 2.0 * sab * sak * sbk
+                rs[k] = 1.0 / math.sqrt(l1) if l1 > 0.0 else 0.0
+            acc = 0.0
+            for k in range(n):
+                sak, sbk = Sig[a, k], Sig[b, k]
+                ak, bk = sak * sbb, sbk * saa
+                u, w = l4 * Sig[k, k] - sbk * bk - sak * ak + 2.0 * sab * sak * sbk, rs[k]
+                part = 0.5 * c[k] * math.asin(min(1.0, max(-1.0, u * w * w)))
+                for l in range(k + 1, n):
+                    sal, sbl = Sig[a, l], Sig[b, l]
+                    l0 = l4 * Sig[k, l] - bk * sbl - ak * sal + sab * (sak * sbl + sal * sbk)
+                    part += c[l] * math.asin(min(1.0, max(-1.0, l0 * w * rs[l])))
+                acc += 2.0 * c[k] * part
+            acc *= _4PI2 / math.sqrt(l4 + 1e-300)
+            acc += sigma * sigma * J2(Sig[a, a], Sig[b, b], sab, act)
+            D[a, b] = D[b, a] = c[a] * c[b] * acc
+    return Phi, psi, D, Ig
+
+
+# --------------------------------------------------------------------------------------
+# Right-hand sides
+# --------------------------------------------------------------------------------------
+@njit(cache=True)
+def _unpack_sym(y, off, r):
+    out = np.empty((r, r))
+    for a in range(r):
+        for b in range(a, r):
+            out[a, b] = out[b, a] = y[off]
+            off += 1
+    return out
+
+
+@njit(cache=True)
+def _pack_sym(X, dy, off):
+    r = X.shape[0]
+    for a in range(r):
+        for b in range(a, r):
+            dy[off] = X[a, b]
+            off += 1
+    return off
+
+
+@njit(cache=True)
+def _fields_cov(Q, R, T):
+    K, M = R.shape
+    Sig = np.empty((K + M, K + M))
+    Sig[:K, :K] = Q
+    Sig[:K, K:] = R
+    Sig[K:, :K] = R.T
+    Sig[K:, K:] = T
+    return Sig
+
+
+@njit(cache=True)
+def rhs_full(y, T, vt, v0, P, rates, flags):
+    """d(Q, R, v)/d alpha for a full-weight student (``P = I``) or the reduced mode form.
+
+    ``rates``, ``flags``: :meth:`onlinemdl.dynamics.Dynamics.pack`.
+
+    dQ/da = -eta (P E[delta h^T] + E[h delta^T] P) + (eta^2/b) P E[delta delta^T] P - 2 eta kappa Q
+    dR/da = -eta P E[delta v^T] - eta kappa R
+    dv_i/da = -eta_v E[err g(h_i)]
+    """
+    K, M = v0.size, vt.size
+    eta, eta_v, sigma, wd, inv_b = rates[ETA], rates[ETA_V], rates[SIGMA], rates[DECAY], rates[INV_BATCH]
+    train_w, train_v, act = flags[TRAIN_N], flags[TRAIN_V], flags[ACT]
+    nq = K * (K + 1) // 2
+    Q = _unpack_sym(y, 0, K)
+    R = y[nq:nq + K * M].copy().reshape((K, M))
+    v = y[nq + K * M:nq + K * M + K].copy() if train_v else v0
+    c = np.concatenate((v, -vt))
+    Sig = _fields_cov(Q, R, T)
+    Phi, psi, D, Ig = field_averages(Sig, K, c, sigma, act)
+    dy = np.zeros_like(y)
+    if train_w:
+        Xf = Phi @ Sig  # E[delta_i f_k] before the psi correction
+        Xh = Xf[:, :K] - psi.reshape((K, 1)) * Q  # E[delta h^T]
+        Xv = Xf[:, K:] - psi.reshape((K, 1)) * R  # E[delta v^T]
+        PXh = P @ Xh
+        dQ = -eta * (PXh + PXh.T) + (eta * eta * inv_b) * (P @ D @ P) - 2.0 * eta * wd * Q
+        off = _pack_sym(dQ, dy, 0)
+        dR = -eta * (P @ Xv) - eta * wd * R
+        dy[off:off + K * M] = dR.ravel()
+    if train_v:
+        dy[nq + K * M:nq + K * M + K] = -eta_v * Ig
+    return dy
+
+
+@njit(cache=True)
+def rhs_modes(y, T, vt, v0, A0, lam0, rates, flags):
+    """d(Rm, S, lam, A, v)/d alpha for a mode student (``C = A diag(lam)``, ``h = C s``).
+
+    ``rates``, ``flags``: :meth:`onlinemdl.dynamics.Dynamics.pack`.
+
+    dRm/da = -eta (C^T X + X^T C) + (eta^2/b) C^T E[delta delta^T] C - 2 eta kappa Rm,  X = E[delta s^T]
+    dS/da = -eta C^T E[delta v^T] - eta kappa S
+    dlam_mu/da = -eta_lam sum_i A_imu X_imu;   dA_imu/da = -eta_A lam_mu X_imu
+    dv_i/da = -eta_v E[err g(h_i)]
+    """
+    K, M, p = v0.size, vt.size, lam0.size
+    eta, eta_lam, eta_A, eta_v = rates[ETA], rates[ETA_LAM], rates[ETA_A], rates[ETA_V]
+    sigma, wd, inv_b = rates[SIGMA], rates[DECAY], rates[INV_BATCH]
+    train_xi, train_lam, train_A, train_v, act = flags[TRAIN_N], flags[TRAIN_LAM], flags[TRAIN_A], flags[TRAIN_V], flags[ACT]
+    nr = p * (p + 1) // 2
+    Rm = _unpack_sym(y, 0, p)
+    S = y[nr:nr + p * M].copy().reshape((p, M))
+    off = nr + p * M
+    if train_lam:
+        lam = y[off:off + p].copy()
+        off += p
+    else:
+        lam = lam0
+    if train_A:
+        A = y[off:off + K * p].copy().reshape((K, p))
+        off += K * p
+    else:
+        A = A0
+    v = y[off:off + K].copy() if train_v else v0
+    C = A * lam.reshape((1, p))
+    CRm = C @ Rm
+    Q = CRm @ C.T
+    R = C @ S
+    c = np.concatenate((v, -vt))
+    Sig = _fields_cov(Q, R, T)
+    Phi, psi, D, Ig = field_averages(Sig, K, c, sigma, act)
+    # Cov(s_b, f_k): (Rm C^T | S)
+    Cs = np.empty((p, K + M))
+    Cs[:, :K] = CRm.T
+    Cs[:, K:] = S
+    X = Phi @ Cs.T - psi.reshape((K, 1)) * CRm  # E[delta s^T], K x p
+    dy = np.zeros_like(y)
+    if train_xi:
+        CX = C.T @ X
+        dRm = -eta * (CX + CX.T) + (eta * eta * inv_b) * (C.T @ D @ C) - 2.0 * eta * wd * Rm
+        _pack_sym(dRm, dy, 0)
+        Xv = Phi @ np.ascontiguousarray(Sig[:, K:]) - psi.reshape((K, 1)) * R  # E[delta v^T]
+        dS = -eta * (C.T @ Xv) - eta * wd * S
+        dy[nr:nr + p * M] = dS.ravel()
+    off = nr + p * M
+    if train_lam:
+        for mu in range(p):
+            acc = 0.0
+            for i in range(K):
+                acc += A[i, mu] * X[i, mu]
+            dy[off + mu] = -eta_lam * acc
+        off += p
+    if train_A:
+        for i in range(K):
+            for mu in range(p):
+                dy[off + i * p + mu] = -eta_A * lam[mu] * X[i, mu]
+        off += K * p
+    if train_v:
+        dy[off:off + K] = -eta_v * Ig
+    return dy
+
+
+@njit(cache=True)
+def rhs_any(y, args):
+    """Dispatch to :func:`rhs_modes` or :func:`rhs_full`; ``args`` is ``OdeSystem.kernel_args``:
+    ``(modes, T, vt, v, A, lam, P, rates, flags)``."""
+    modes, T, vt, v0, A0, lam0, P, rates, flags = args
+    if modes:
+        return rhs_modes(y, T, vt, v0, A0, lam0, rates, flags)
+    return rhs_full(y, T, vt, v0, P, rates, flags)
+
+
+@njit(cache=True)
+def euler(y, t_out, dt, args, max_q):
+    """Fixed-step Euler to each output time; stops once some |state entry| exceeds ``max_q``."""
+    ys = np.full((t_out.size, y.size), np.nan)
+    t = 0.0
+    n = 0
+    for o in range(t_out.size):
+        while t < t_out[o] - 1e-12 * max(1.0, t_out[o]):
+            h = min(dt, t_out[o] - t)
+            y = y + h * rhs_any(y, args)
+            t += h
+            n += 1
+            if not np.max(np.abs(y)) < max_q:
+                return ys, n, t, True
+        ys[o] = y
+    return ys, n, t, False

@@ -1,0 +1,102 @@
+"""Models and runs from flat parameters: the recipes that scans and the command line share.
+
+:func:`networks` builds a teacher and a student; :func:`run_ode` and :func:`run_simulation`
+run them. Every argument is a plain value (numbers, strings, lists), so a run is identified by
+its parameters and repeated by ``run_ode(**traj.params["spec"])``. The defaults are the
+paper's on-line setting (N = 30, K = M = 8, p = round(ln N) = 3 modes, only ``Xi`` trained,
+eta = 5). The options of the dynamics (``sigma``, ``weight_decay``, ``batch``, ``activation``,
+``max_norm`` and the rates) are those of :class:`onlinemdl.dynamics.Dynamics`.
+"""
+from __future__ import annotations
+
+import inspect
+
+from .dynamics import Dynamics
+from .model import Student, Teacher, default_modes
+from .ode import integrate
+from .runsetup import check_choice
+from .sgd import simulate
+
+TEACHERS = ("modes", "random", "orthonormal")
+STUDENTS = ("teacher-modes", "full", "modes")
+INITS = ("large", "small", "informed")
+
+
+def networks(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes", init="large", train=None,
+             teacher_seed=0, student_seed=1, sigma=0.0, weight_decay=0.0, batch=1, activation="erf"):
+    """Teacher and student from flat parameters; the defaults are the paper's on-line setting.
+
+    Parameters
+    ----------
+    N, M, K : input size, teacher and student hidden units (``K`` defaults to ``M``).
+    p : number of modes (default ``round(ln N)``).
+    teacher : "modes" (``Teacher.modes``), "random" or "orthonormal".
+    student : "teacher-modes" (``Student.from_teacher_modes``: fresh ``Xi``, teacher's ``A`` and
+        ``lam``, K = M), "full" (``Student.full`` with ``init``) or "modes" (``Student.modes``).
+    train : trained factors (default: the constructor's own).
+    teacher_seed, student_seed : seeds of the two networks (integers >= 0).
+    sigma, weight_decay, batch, activation : as in :class:`onlinemdl.dynamics.Dynamics`.
+    """
+    check_choice("teacher", teacher, TEACHERS)
+    check_choice("student", student, STUDENTS)
+    tkw = dict(seed=teacher_seed, sigma=sigma, activation=activation)
+    if teacher == "modes":
+        t = Teacher.modes(N, M, p=p, **tkw)
+    elif teacher == "random":
+        t = Teacher.random(N, M, **tkw)
+    else:
+        t = Teacher.orthonormal(N, M, **tkw)
+    skw = dict(weight_decay=weight_decay, batch=batch, activation=activation)
+    if train is not None:
+        skw["train"] = tuple(train)
+    K = M if K is None else K
+    if student == "teacher-modes":
+        if K != M:
+            raise ValueError(f'K must equal M = {M} for student="teacher-modes", got {K}')
+        s = Student.from_teacher_modes(t, seed=student_seed, **skw)
+    elif student == "full":
+        check_choice("init", init, INITS)
+        s = Student.full(N, K, init=init, seed=student_seed, teacher=t if init == "informed" else None, **skw)
+    else:
+        s = Student.modes(N, K, default_modes(N) if p is None else p, seed=student_seed, **skw)
+    return t, s
+
+
+#: Parameters of :func:`networks`, in order.
+NETWORK_PARAMS = tuple(inspect.signature(networks).parameters)
+_D = Dynamics.__dataclass_fields__
+
+
+def run_ode(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes", init="large", train=None,
+            teacher_seed=0, student_seed=1, sigma=0.0, weight_decay=0.0, batch=1, activation="erf", eta=5.0,
+            eta_lam=None, eta_A=None, eta_v=None, max_norm=_D["max_norm"].default, alpha_max=1e5, points=200,
+            method="auto"):
+    """ODE run of the model :func:`networks` builds; the default ``run`` of :func:`onlinemdl.scan`.
+
+    The remaining parameters go to :func:`onlinemdl.integrate`. ``params["spec"]`` of the
+    returned Trajectory records every argument, so ``run_ode(**traj.params["spec"])`` repeats it.
+    """
+    spec = dict(locals())
+    t, s = networks(**{k: spec[k] for k in NETWORK_PARAMS})
+    traj = integrate(s, t, eta=eta, eta_lam=eta_lam, eta_A=eta_A, eta_v=eta_v, max_norm=max_norm,
+                     alpha_max=alpha_max, points=points, method=method)
+    traj.params["spec"] = spec
+    return traj
+
+
+def run_simulation(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes", init="large", train=None,
+                   teacher_seed=0, student_seed=1, sigma=0.0, weight_decay=0.0, batch=1, activation="erf",
+                   eta=5.0, eta_lam=None, eta_A=None, eta_v=None, max_norm=_D["max_norm"].default, alpha_max=1e5,
+                   points=200, replicas=4, seed=0, method="gram", threads=None, test_set=0):
+    """SGD simulation of the model :func:`networks` builds (:func:`onlinemdl.simulate`).
+
+    ``params["spec"]`` of the returned Trajectory records every argument. In a scan over
+    processes, set ``threads=1`` to keep one thread per process.
+    """
+    spec = dict(locals())
+    t, s = networks(**{k: spec[k] for k in NETWORK_PARAMS})
+    traj = simulate(s, t, eta=eta, eta_lam=eta_lam, eta_A=eta_A, eta_v=eta_v, max_norm=max_norm,
+                    alpha_max=alpha_max, points=points, replicas=replicas, seed=seed, method=method,
+                    threads=threads, test_set=test_set)
+    traj.params["spec"] = spec
+    return traj
