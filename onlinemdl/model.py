@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .dynamics import FULL_FACTORS, MODE_FACTORS, check_train
 from .gaussian import ACTIVATIONS
@@ -89,13 +90,13 @@ class Teacher:
         return self.B @ self.B.T / self.N
 
     @classmethod
-    def random(cls, N, M, seed=None, **kw) -> "Teacher":
+    def random(cls, N: int, M: int, seed: int | None = None, **kw) -> Teacher:
         """Gaussian teacher, ``B_ij ~ N(0, 1)`` (so ``T ~ I``); ``seed`` an integer >= 0 or None."""
         N, M = _check_int("N", N), _check_int("M", M)
         return cls(generator(seed).standard_normal((M, N)), **kw)
 
     @classmethod
-    def orthonormal(cls, N, M, seed=None, **kw) -> "Teacher":
+    def orthonormal(cls, N: int, M: int, seed: int | None = None, **kw) -> Teacher:
         """Teacher with orthogonal rows of squared norm N, so ``T = I`` exactly (needs M <= N)."""
         N, M = _check_int("N", N), _check_int("M", M)
         if M > N:
@@ -104,7 +105,7 @@ class Teacher:
         return cls(math.sqrt(N) * q.T, **kw)
 
     @classmethod
-    def modes(cls, N, M, p=None, a=1.0, seed=None, **kw) -> "Teacher":
+    def modes(cls, N: int, M: int, p: int | None = None, a: float = 1.0, seed: int | None = None, **kw) -> Teacher:
         """Mode teacher ``B = A diag(lam) Xi^T`` with ``p* = round(a ln N)`` modes.
 
         Every entry of ``A``, ``lam``, ``Xi`` is N(0, 1) x (ln N)^(-1/6).
@@ -135,8 +136,9 @@ class Student:
     batch : mini-batch size (the O(eta^2) terms of the dynamics carry 1 / batch).
     """
 
-    def __init__(self, W=None, A=None, lam=None, Xi=None, v=None, train=None, weight_decay=0.0, batch=1,
-                 activation="erf"):
+    def __init__(self, W: ArrayLike | None = None, A: ArrayLike | None = None, lam: ArrayLike | None = None,
+                 Xi: ArrayLike | None = None, v: ArrayLike | float | None = None, train=None,
+                 weight_decay: float = 0.0, batch: int = 1, activation: str = "erf"):
         self._W, self.A, self.lam, self.Xi = W, A, lam, Xi
         self.v, self.train, self.weight_decay, self.batch, self.activation = v, train, weight_decay, batch, activation
         if self._W is not None:
@@ -201,7 +203,7 @@ class Student:
         return (self.A * self.lam) @ self.Xi.T
 
     # --- order parameters -------------------------------------------------------------
-    def order_parameters(self, teacher: Teacher) -> dict:
+    def order_parameters(self, teacher: Teacher) -> dict[str, np.ndarray]:
         """Order parameters with ``teacher``: Q, R, T (and Rm, S for a mode student)."""
         if teacher.N != self.N:
             raise ValueError(f"teacher and student must share N, got {teacher.N} and {self.N}")
@@ -221,7 +223,8 @@ class Student:
 
     # --- constructors -----------------------------------------------------------------
     @classmethod
-    def full(cls, N, K, init="large", seed=None, teacher=None, overlap=0.5, scale=1.0, **kw) -> "Student":
+    def full(cls, N: int, K: int, init: str = "large", seed: int | None = None, teacher: Teacher | None = None,
+             overlap: float = 0.5, scale: float = 1.0, **kw) -> Student:
         """Full-weight student.
 
         Parameters
@@ -252,7 +255,7 @@ class Student:
         return cls(W=W, **kw)
 
     @classmethod
-    def modes(cls, N, K, p, seed=None, **kw) -> "Student":
+    def modes(cls, N: int, K: int, p: int, seed: int | None = None, **kw) -> Student:
         """Mode student with its own random factors, every entry N(0, 1) x (ln N)^(-1/6)."""
         N, K, p = _check_int("N", N, 2), _check_int("K", K), _check_int("p", p)
         if p > N:
@@ -261,7 +264,7 @@ class Student:
         return cls(A=A, lam=lam, Xi=Xi, **kw)
 
     @classmethod
-    def from_teacher_modes(cls, teacher: Teacher, train=("xi",), seed=None, **kw) -> "Student":
+    def from_teacher_modes(cls, teacher: Teacher, train=("xi",), seed: int | None = None, **kw) -> Student:
         """The paper's on-line setting: fresh random ``Xi``, ``A`` and ``lam`` copied from a
         mode teacher (so K = M), second-layer weights equal to the teacher's."""
         if teacher.Xi is None:

@@ -16,6 +16,7 @@ from .model import Student, Teacher, default_modes
 from .ode import integrate
 from .runsetup import check_choice
 from .sgd import simulate
+from .trajectory import Trajectory
 
 TEACHERS = ("modes", "random", "orthonormal")
 STUDENTS = ("teacher-modes", "full", "modes")
@@ -23,7 +24,8 @@ INITS = ("large", "small", "informed")
 
 
 def networks(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes", init="large", train=None,
-             teacher_seed=0, student_seed=1, sigma=0.0, weight_decay=0.0, batch=1, activation="erf"):
+             teacher_seed=0, student_seed=1, sigma=0.0, weight_decay=0.0, batch=1,
+             activation="erf") -> tuple[Teacher, Student]:
     """Teacher and student from flat parameters; the defaults are the paper's on-line setting.
 
     Parameters
@@ -70,7 +72,7 @@ _D = Dynamics.__dataclass_fields__
 def run_ode(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes", init="large", train=None,
             teacher_seed=0, student_seed=1, sigma=0.0, weight_decay=0.0, batch=1, activation="erf", eta=5.0,
             eta_lam=None, eta_A=None, eta_v=None, max_norm=_D["max_norm"].default, alpha_max=1e5, points=200,
-            method="auto"):
+            method="auto") -> Trajectory:
     """ODE run of the model :func:`networks` builds; the default ``run`` of :func:`onlinemdl.scan`.
 
     The remaining parameters go to :func:`onlinemdl.integrate`. ``params["spec"]`` of the
@@ -87,7 +89,7 @@ def run_ode(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes",
 def run_simulation(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes", init="large", train=None,
                    teacher_seed=0, student_seed=1, sigma=0.0, weight_decay=0.0, batch=1, activation="erf",
                    eta=5.0, eta_lam=None, eta_A=None, eta_v=None, max_norm=_D["max_norm"].default, alpha_max=1e5,
-                   points=200, replicas=4, seed=0, method="gram", threads=None, test_set=0):
+                   points=200, replicas=4, seed=0, method="gram", threads=None, test_set=0) -> Trajectory:
     """SGD simulation of the model :func:`networks` builds (:func:`onlinemdl.simulate`).
 
     ``params["spec"]`` of the returned Trajectory records every argument. In a scan over

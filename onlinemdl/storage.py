@@ -7,6 +7,7 @@ either the old file or the complete new one.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import fields
 
 import h5py
@@ -213,7 +214,8 @@ def _place(parent: h5py.Group, name: str, overwrite: bool, write):
     where.move(tmp, base)
 
 
-def save_trajectory(traj: Trajectory, target, name: str = "trajectory", overwrite: bool = False):
+def save_trajectory(traj: Trajectory, target: str | os.PathLike | h5py.Group, name: str = "trajectory",
+                    overwrite: bool = False) -> None:
     """Store ``traj`` as the group ``name`` of ``target`` (a path or an open h5py Group).
 
     A path is updated atomically (:func:`atomic_file`); other groups of the file are kept.
@@ -233,7 +235,7 @@ def trajectory_names(group: h5py.Group) -> list:
     return [k for k, g in group.items() if isinstance(g, h5py.Group) and object_kind(g) == "Trajectory"]
 
 
-def load_trajectory(source, name: str | None = None) -> Trajectory:
+def load_trajectory(source: str | os.PathLike | h5py.Group, name: str | None = None) -> Trajectory:
     """The Trajectory in ``source`` (a path or an h5py Group).
 
     ``name`` is its group path; by default ``source`` itself, or its only Trajectory member.

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..gaussian import eps_g as _eps_g
 from ..runsetup import check_number, diverged_message, divergence_threshold, output_times
@@ -11,13 +13,18 @@ from ..trajectory import Trajectory
 from .kernels import euler
 from .system import OdeSystem, finite_difference_jacobian
 
+if TYPE_CHECKING:
+    from ..model import Student, Teacher
+
 #: ``method`` values besides "euler" and "auto" (LSODA): those of ``scipy.integrate.solve_ivp``.
 SOLVE_IVP_METHODS = ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA")
 
 
-def integrate(student=None, teacher=None, *, eta=None, alpha_max=None, alpha=None, eta_lam=None, eta_A=None,
-              eta_v=None, method="auto", rtol=1e-8, atol=1e-10, step=None, points=200, state=None, system=None,
-              form=None, max_norm=1e2) -> Trajectory:
+def integrate(student: Student | None = None, teacher: Teacher | None = None, *, eta: float | None = None,
+              alpha_max: float | None = None, alpha: ArrayLike | None = None, eta_lam: float | None = None,
+              eta_A: float | None = None, eta_v: float | None = None, method: str = "auto", rtol: float = 1e-8,
+              atol: float = 1e-10, step: float | None = None, points: int = 200, state: dict | None = None,
+              system: OdeSystem | None = None, form: str | None = None, max_norm: float = 1e2) -> Trajectory:
     """Integrate the order-parameter ODEs from the networks' own order parameters.
 
     Parameters

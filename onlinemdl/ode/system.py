@@ -3,12 +3,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..dynamics import FULL_FACTORS, MODE_FACTORS, Dynamics
 from ..gaussian import activation_code, covariance_check, eps_g as _eps_g, joint_covariance
 from .kernels import rhs_any
+
+if TYPE_CHECKING:
+    from ..model import Student, Teacher
 
 FORMS = ("full", "modes", "reduced")
 
@@ -92,8 +97,9 @@ class OdeSystem:
 
     # ---- construction ----------------------------------------------------------------
     @classmethod
-    def from_networks(cls, student, teacher, *, eta, eta_lam=None, eta_A=None, eta_v=None, max_norm=1e2,
-                      form=None):
+    def from_networks(cls, student: Student, teacher: Teacher, *, eta: float, eta_lam: float | None = None,
+                      eta_A: float | None = None, eta_v: float | None = None, max_norm: float = 1e2,
+                      form: str | None = None) -> tuple[OdeSystem, dict]:
         """System and initial state of ``student`` learning from ``teacher``.
 
         Returns ``(system, state)`` with ``state`` a dict of order parameters.
@@ -112,9 +118,10 @@ class OdeSystem:
         return system, state
 
     @classmethod
-    def from_state(cls, state, T, vt=None, train=None, eta=1.0, eta_lam=None, eta_A=None, eta_v=None,
-                   sigma=0.0, weight_decay=0.0, batch=1, activation="erf", form=None, max_norm=1e2,
-                   dynamics=None):
+    def from_state(cls, state: dict, T: ArrayLike, vt: ArrayLike | None = None, train=None, eta: float = 1.0,
+                   eta_lam: float | None = None, eta_A: float | None = None, eta_v: float | None = None,
+                   sigma: float = 0.0, weight_decay: float = 0.0, batch: int = 1, activation: str = "erf",
+                   form: str | None = None, max_norm: float = 1e2, dynamics: Dynamics | None = None) -> OdeSystem:
         """System for order parameters given directly.
 
         ``state`` holds ``Q``, ``R`` (full) or ``Rm``, ``S``, ``A``, ``lam`` (modes), and ``v``.
@@ -171,7 +178,7 @@ class OdeSystem:
         return cls(form=form, T=T, vt=vt, v=v, dynamics=dynamics, A=A, lam=lam)
 
     # ---- state layout ----------------------------------------------------------------
-    def pack(self, state) -> np.ndarray:
+    def pack(self, state: dict) -> np.ndarray:
         """State dict -> state vector (symmetric matrices by their upper triangle)."""
         parts = []
         if self.form == "modes":
@@ -188,7 +195,7 @@ class OdeSystem:
             parts.append(np.ravel(state["v"]))
         return np.ascontiguousarray(np.concatenate(parts), dtype=float)
 
-    def unpack(self, y) -> dict:
+    def unpack(self, y: ArrayLike) -> dict:
         """State vector -> dict with Q, R (and Rm, S, lam, A) and v."""
         K, M, p = self.K, self.M, self.p
         out = {}
@@ -230,15 +237,15 @@ class OdeSystem:
         rates, flags = self.dynamics.pack()
         return (modes, f8(self.T), f8(self.vt), f8(self.v), A, lam, f8(self.P), rates, flags)
 
-    def rhs(self, y) -> np.ndarray:
+    def rhs(self, y: ArrayLike) -> np.ndarray:
         """d state / d alpha."""
         return rhs_any(np.ascontiguousarray(y, dtype=np.float64), self.kernel_args)
 
-    def jacobian(self, y, order: int = 4, rel_step=None) -> np.ndarray:
+    def jacobian(self, y: ArrayLike, order: int = 4, rel_step: float | None = None) -> np.ndarray:
         """Jacobian of :meth:`rhs` at ``y`` (:func:`finite_difference_jacobian`; by default O(h^4))."""
         return finite_difference_jacobian(self.rhs, y, order, rel_step)
 
-    def eps_g(self, y) -> float:
+    def eps_g(self, y: ArrayLike) -> float:
         """Closed-form generalisation error of the state vector ``y`` (label noise excluded)."""
         s = self.unpack(y)
         return float(_eps_g(s["Q"], s["R"], self.T, s["v"], self.vt, self.act))

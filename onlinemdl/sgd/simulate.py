@@ -19,8 +19,10 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..dynamics import Dynamics
 from ..gaussian import activation_code, eps_g as _eps_g, joint_covariance
@@ -28,13 +30,17 @@ from ..runsetup import check_choice, check_int, divergence_threshold, output_tim
 from ..trajectory import Trajectory
 from .kernels import explicit_replica, gram_replica
 
+if TYPE_CHECKING:
+    from ..model import Student, Teacher
+
 #: The SGD methods; the default of :func:`simulate`, the scan recipes and the command line.
 METHODS = ("gram", "explicit")
 
 
-def simulate(student, teacher, *, eta, alpha_max=None, alpha=None, replicas=1, seed=0, method="gram",
-             eta_lam=None, eta_A=None, eta_v=None, points=200, threads=None, test_set=0,
-             max_norm=1e2) -> Trajectory:
+def simulate(student: Student, teacher: Teacher, *, eta: float, alpha_max: float | None = None,
+             alpha: ArrayLike | None = None, replicas: int = 1, seed: int = 0, method: str = "gram",
+             eta_lam: float | None = None, eta_A: float | None = None, eta_v: float | None = None, points: int = 200,
+             threads: int | None = None, test_set: int = 0, max_norm: float = 1e2) -> Trajectory:
     """On-line SGD of ``student`` on labels of ``teacher``, replicas in parallel.
 
     Parameters
