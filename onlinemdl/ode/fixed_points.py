@@ -8,9 +8,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.integrate import solve_ivp
-from scipy.linalg import expm
-from scipy.optimize import root
 
 from ..gaussian import joint_covariance
 from ..trajectory import Trajectory
@@ -68,6 +65,8 @@ def fixed_point(system: OdeSystem, guess, tol=1e-10, polish=8) -> FixedPoint:
     Jacobian :meth:`OdeSystem.jacobian` (Richardson-extrapolated central differences). Raises RuntimeError when the
     residual ``max |rhs|`` does not fall below ``tol``.
     """
+    from scipy.optimize import root  # SciPy is imported where it is used: it dominates start-up
+
     y0 = system.pack(guess) if isinstance(guess, dict) else np.asarray(guess, float).copy()
     sol = root(system.rhs, y0, jac=system.jacobian, method="hybr", options=dict(xtol=1e-14))
     y = sol.x
@@ -132,6 +131,9 @@ def symmetric_fixed_point(system: OdeSystem, start=(0.01, 0.0, 0.0), alpha_max=1
     then polished in the full space by :func:`fixed_point`. Needs a full-weight system with
     node-exchange symmetry (``T = a I + b``, uniform ``v`` and ``vt``).
     """
+    from scipy.integrate import solve_ivp
+    from scipy.optimize import root
+
     state, coords = _symmetric_layout(system)
     start = np.asarray(start, float).ravel()
     if start.shape != (3,):
@@ -204,6 +206,8 @@ def relaxation(fp: FixedPoint, system: OdeSystem, y0, alpha) -> np.ndarray:
     ``alpha`` starts at ``alpha_0`` (the time of ``y0``). Compared with the ODE it tests whether
     a plateau and its end are the linear relaxation around ``fp``.
     """
+    from scipy.linalg import expm
+
     alpha = np.asarray(alpha, float)
     d0 = np.asarray(y0, float) - fp.y
     return np.array([system.eps_g(fp.y + expm(fp.jacobian * (a - alpha[0])) @ d0) for a in alpha])
