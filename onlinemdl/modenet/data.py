@@ -1,23 +1,15 @@
-"""Data sets, all offline: scikit-learn's digits, MNIST from local IDX files, the XOR Gaussian
+"""Data sets: scikit-learn's digits, the IDX reader (MNIST itself is in :mod:`.mnist_data`), the XOR Gaussian
 mixture of the paper's toy task, and teacher-student data of the on-line model."""
 from __future__ import annotations
 
 import gzip
-import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..runsetup import generator
 
-#: environment variable naming the folder of the MNIST IDX files
-MNIST_ENV = "ONLINEMDL_MNIST"
-_MNIST_FILES = {
-    "train_images": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
-    "train_labels": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
-    "test_images": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
-    "test_labels": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
-}
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -75,8 +67,13 @@ def digits(test_fraction=0.25, seed=0, dtype="float64"):
 def read_idx(path):
     """The array stored in an IDX file (optionally gzip-compressed): magic 0 0 type ndim, big-endian sizes."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError, zlib.error) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{path} is corrupt or truncated ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     ndim = raw[3]
@@ -86,41 +83,6 @@ def read_idx(path):
     if len(body) != dt.itemsize * int(np.prod(shape)):
         raise ValueError(f"{path} is truncated: header says shape {shape}, body has {len(body)} bytes")
     return np.frombuffer(body, dtype=dt).reshape(shape)
-
-
-def _find(folder, names):
-    for name in names:
-        for candidate in (name, name + ".gz"):
-            full = os.path.join(folder, candidate)
-            if os.path.isfile(full):
-                return full
-    return None
-
-
-def mnist(path=None, dtype="float64", limit=None):
-    """MNIST from the four local IDX files (``train-images-idx3-ubyte`` etc., optionally ``.gz``).
-
-    Parameters
-    ----------
-    path : folder holding the files; default the environment variable ``ONLINEMDL_MNIST``.
-        Nothing is ever downloaded.
-    limit : keep only the first ``limit`` training and test images.
-    """
-    folder = path if path is not None else os.environ.get(MNIST_ENV)
-    if folder is None:
-        raise FileNotFoundError(f"MNIST needs a folder of IDX files: pass path= (--mnist PATH) or set {MNIST_ENV}")
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"MNIST folder {folder!r} does not exist")
-    files = {k: _find(folder, names) for k, names in _MNIST_FILES.items()}
-    missing = [names[0] for k, names in _MNIST_FILES.items() if files[k] is None]
-    if missing:
-        raise FileNotFoundError(f"MNIST folder {folder!r} lacks {', '.join(missing)}")
-    arrays = {k: read_idx(f) for k, f in files.items()}
-    sl = slice(None) if limit is None else slice(0, int(limit))
-    X_tr = arrays["train_images"][sl].reshape(len(arrays["train_images"][sl]), -1)
-    X_te = arrays["test_images"][sl].reshape(len(arrays["test_images"][sl]), -1)
-    return Dataset((X_tr / 255.0).astype(dtype), arrays["train_labels"][sl].astype(np.intp),
-                   (X_te / 255.0).astype(dtype), arrays["test_labels"][sl].astype(np.intp), 10, "mnist")
 
 
 #: the toy task's cluster centres and XOR labels: +1 where the signs of the two coordinates differ

@@ -40,6 +40,9 @@ class Dense:
     def weight(self):
         return self.W
 
+    def weight_shape(self):
+        return self.W.shape
+
     def forward(self, x):
         self.x = x
         z = _scaled(x @ self.W.T, self.s)  # z = s x W^T + b
@@ -72,6 +75,9 @@ class Modes:
 
     def weight(self):
         return (self.xi_out * self.lam) @ self.xi_in.T
+
+    def weight_shape(self):
+        return (self.xi_out.shape[0], self.xi_in.shape[0])
 
     def forward(self, x):
         self.x = x
@@ -113,6 +119,9 @@ class LowRank:
 
     def weight(self):
         return self.U @ self.V.T
+
+    def weight_shape(self):
+        return (self.U.shape[0], self.V.shape[0])
 
     def forward(self, x):
         self.x = x

@@ -178,12 +178,25 @@ class Network:
         names = self.trainable if trainable_only else self.params
         return int(sum(self.params[n].size for n in names))
 
+    @property
+    def n_inputs(self) -> int:
+        """Input width N_0."""
+        return int(self.layers[0].weight_shape()[1])
+
+    @property
+    def n_outputs(self) -> int:
+        """Output width N_L."""
+        return int(self.layers[-1].weight_shape()[0])
+
     def mode_layers(self):
         """Indices of the layers with modes (a ``lam`` or ``s`` vector)."""
         return [l for l, s in enumerate(self.specs) if s["type"] in ("modes", "svd")]
 
     # --- passes -----------------------------------------------------------------------
     def _input(self, X):
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_inputs:
+            raise ValueError(f"X must be a 2-d array of samples x {self.n_inputs} features, got shape {X.shape}")
         return np.ascontiguousarray(X, dtype=self.dtype)
 
     def forward(self, X, hidden=False):
@@ -216,8 +229,11 @@ class Network:
     def accuracy(self, X, y):
         """Fraction of correct labels: argmax for softmax, sign agreement for a scalar linear output."""
         z = self.forward(X)
+        y = np.asarray(y)
+        if len(y) != len(z):
+            raise ValueError(f"X and y must have the same number of samples, got {len(z)} and {len(y)}")
         if self.output == "softmax":
-            return float(np.mean(z.argmax(axis=1) == np.asarray(y)))
+            return float(np.mean(z.argmax(axis=1) == y))
         return float(np.mean(np.sign(z) == np.sign(np.asarray(y).reshape(z.shape))))
 
     def penalty(self):
@@ -235,7 +251,11 @@ class Network:
 
     def _target(self, y):
         if self.output == "softmax":
-            return np.asarray(y, dtype=np.intp)
+            y = np.asarray(y)
+            if y.ndim != 1 or (y.size and (y.min() < 0 or y.max() >= self.n_outputs)):
+                raise ValueError(f"y must be a 1-d array of class labels in [0, {self.n_outputs - 1}], got shape "
+                                 f"{y.shape}" + (f" and labels {y.min()}..{y.max()}" if y.size and y.ndim == 1 else ""))
+            return y.astype(np.intp, copy=False)
         return np.asarray(y, dtype=self.dtype)
 
     def loss_and_grad(self, X, y):
