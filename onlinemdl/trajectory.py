@@ -37,6 +37,11 @@ class Trajectory:
     nfev : right-hand-side evaluations (ODE) or SGD steps (simulation).
     diverged : (replicas,) per-replica divergence flag (simulations).
     alpha_diverged : (replicas,) alpha at which each replica diverged (NaN where it did not).
+    eps_g_sd, eps_g_bias : (n,) finite-N theory (``integrate(..., fluctuations=True)``): predicted
+        standard deviation of one SGD run's eps_g across runs, and mean of SGD minus the ODE.
+    Q_sd, R_sd : (n, K, K), (n, K, M) predicted standard deviations of Q and R across runs.
+    cov, bias : (n, d, d), (n, d) predicted covariance and mean shift of the ODE state vector.
+    fluct_valid_until : alpha where the finite-N expansion breaks down (inf: nowhere).
     """
 
     alpha: np.ndarray
@@ -58,6 +63,13 @@ class Trajectory:
     nfev: int = 0
     diverged: np.ndarray | None = None
     alpha_diverged: np.ndarray | None = None
+    eps_g_sd: np.ndarray | None = None
+    eps_g_bias: np.ndarray | None = None
+    Q_sd: np.ndarray | None = None
+    R_sd: np.ndarray | None = None
+    cov: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    fluct_valid_until: float | None = None
 
     def summary(self) -> str:
         """One line: eps_g at the first and the last time (the mean of the replicas that did not
