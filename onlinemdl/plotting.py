@@ -16,7 +16,7 @@ from .trajectory import Trajectory
 
 #: Okabe & Ito (2008) colour-blind-safe palette (black last; yellow late, it is pale on white).
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442", "#000000")
-ALPHA_LABEL = r"$\alpha$ = steps / $N$ (examples per input dimension)"
+ALPHA_LABEL = r"$\alpha$ = steps / $N$ (SGD updates per input dimension)"
 PLATEAU_COLOR = "0.88"
 
 
