@@ -76,6 +76,13 @@ class Teacher:
         self.sigma = check_number("sigma", self.sigma)
         _check_activation(self.activation)
 
+    def check_finite(self):
+        """ValueError naming the first weight array that holds NaN or infinity (e.g. set after construction)."""
+        for name in ("B", "vt", "A", "lam", "Xi"):
+            arr = getattr(self, name)
+            if arr is not None and not np.all(np.isfinite(arr)):
+                raise ValueError(f"teacher.{name} holds non-finite values (NaN or infinity)")
+
     @property
     def M(self) -> int:
         return self.B.shape[0]
@@ -202,9 +209,20 @@ class Student:
             return self._W
         return (self.A * self.lam) @ self.Xi.T
 
+    def check_finite(self):
+        """ValueError naming the first weight array that holds NaN or infinity (e.g. set after construction)."""
+        for name in ("W", "A", "lam", "Xi", "v"):
+            arr = self._W if name == "W" else getattr(self, name)
+            if arr is not None and not np.all(np.isfinite(arr)):
+                raise ValueError(f"student.{name} holds non-finite values (NaN or infinity)")
+
     # --- order parameters -------------------------------------------------------------
     def order_parameters(self, teacher: Teacher) -> dict[str, np.ndarray]:
         """Order parameters with ``teacher``: Q, R, T (and Rm, S for a mode student)."""
+        if not isinstance(teacher, Teacher):
+            raise TypeError(f"teacher must be a Teacher, got {type(teacher).__name__}")
+        self.check_finite()
+        teacher.check_finite()
         if teacher.N != self.N:
             raise ValueError(f"teacher and student must share N, got {teacher.N} and {self.N}")
         if teacher.activation != self.activation:

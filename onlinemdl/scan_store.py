@@ -5,11 +5,10 @@ import io
 import json
 import os
 from contextlib import contextmanager
-from pathlib import Path
 
 import h5py
 
-from .atomic import LIBVER, atomic_file, check_readable, stamp
+from .atomic import LIBVER, as_path, atomic_file, check_target, file_lock, open_hdf5, stamp
 from .storage import object_kind, write_record, write_result
 
 
@@ -40,7 +39,7 @@ class ScanStore:
     """
 
     def __init__(self, path):
-        self.path = Path(path)
+        self.path = as_path(path, "store")
         self.journal = self.path.with_name(self.path.name + ".journal")
         self._lock = None
         self._definition = None  # to record at the next merge
@@ -50,10 +49,13 @@ class ScanStore:
     # ---- reading ---------------------------------------------------------------------
     def definition(self) -> dict:
         """The definition of the last scan written here (run, fixed, axes or points)."""
-        with h5py.File(check_readable(self.path), "r") as f:
-            if object_kind(f) != "scan":
+        with open_hdf5(self.path, what="store") as f:
+            if object_kind(f) != "scan" or "scan" not in f.attrs:
                 raise ValueError(f"store: {self.path} is not a scan store")
-            return json.loads(f.attrs["scan"])
+            try:
+                return json.loads(f.attrs["scan"])
+            except (TypeError, ValueError):
+                raise ValueError(f"store: {self.path}: its scan definition is unreadable (corrupt?)") from None
 
     def _parts(self) -> list:
         return sorted(self.journal.glob("*.h5")) if self.journal.is_dir() else []
@@ -62,7 +64,7 @@ class ScanStore:
         """Ids of the finished points."""
         out = {p.stem for p in self._parts()}
         if self.path.exists():
-            with h5py.File(check_readable(self.path), "r") as f:
+            with open_hdf5(self.path, what="store") as f:
                 out.update(f.get("points", {}))
         return out
 
@@ -77,7 +79,7 @@ class ScanStore:
                 except OSError:  # merged and removed meanwhile, or never reached the disk
                     continue
                 out.update(files[-1].items())
-            files.append(h5py.File(check_readable(self.path), "r"))
+            files.append(open_hdf5(self.path, what="store"))
             out.update(files[-1].get("points", {}).items())
             yield out
         finally:
@@ -91,8 +93,9 @@ class ScanStore:
         ``definition`` is recorded with the first finished point (or at :meth:`close` if the file
         exists): a scan whose every point fails leaves no new file behind.
         """
+        check_target(self.path, "store", create_parents=True)
         if self.path.exists():
-            with h5py.File(check_readable(self.path), "r") as f:
+            with open_hdf5(self.path, what="store") as f:
                 if object_kind(f) != "scan":
                     raise ValueError(f"store: {self.path} exists and is not a scan store")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +131,7 @@ class ScanStore:
         parts = self._parts()
         if not parts and self._definition is None:
             return
-        with atomic_file(self.path) as f:
+        with atomic_file(self.path, locked=True, what="store") as f:
             stamp(f, "scan")
             if self._definition is not None:
                 f.attrs["scan"] = json.dumps(self._definition)
@@ -160,29 +163,11 @@ class ScanStore:
             self._release_lock()
 
     def _take_lock(self):
-        try:
-            import fcntl
-        except ImportError:  # no fcntl (Windows): unguarded, one writer per store is then up to the user
-            return
-        lock = self.path.with_name(f".{self.path.name}.lock")
-        while True:
-            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise RuntimeError(f"store: {self.path} is being written by another scan") from None
-            try:
-                if os.stat(lock).st_ino == os.fstat(fd).st_ino:  # not unlinked by a writer just done
-                    self._lock = (fd, lock)
-                    return
-            except FileNotFoundError:
-                pass
-            os.close(fd)
+        lock = file_lock(self.path, wait=False, busy=f"store: {self.path} is being written by another scan")
+        lock.__enter__()
+        self._lock = lock
 
     def _release_lock(self):
         if self._lock is not None:
-            fd, lock = self._lock
-            lock.unlink()
-            os.close(fd)
-            self._lock = None
+            lock, self._lock = self._lock, None
+            lock.__exit__(None, None, None)

@@ -13,7 +13,7 @@ from dataclasses import fields
 import h5py
 import numpy as np
 
-from .atomic import FORMAT_VERSION, atomic_file, check_readable, stamp
+from .atomic import FORMAT_VERSION, atomic_file, check_target, open_hdf5, stamp
 from .trajectory import Trajectory
 
 #: Arrays larger than this go to datasets even in attribute records (HDF5's compact attribute limit is 64 KiB).
@@ -197,37 +197,72 @@ def read_result(group: h5py.Group):
     return read_trajectory(group) if object_kind(group) == "Trajectory" else read_record(group)
 
 
-def _place(parent: h5py.Group, name: str, overwrite: bool, write):
+def _check_name(name):
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str (a group path), got {type(name).__name__}")
+    parts = name.split("/")
+    if not name or name.startswith("/") or name.endswith("/") or "" in parts or any(
+            p in (".", "..") or p.startswith(".") for p in parts):
+        raise ValueError(f"name must be a relative group path of non-empty parts, none starting with '.', got {name!r}")
+    return name
+
+
+def _holds(parent: h5py.Group, name: str) -> bool:
+    """Whether ``parent`` has a member at the path ``name`` (False where a part is not a group)."""
+    head = parent
+    for part in name.split("/"):
+        if not isinstance(head, h5py.Group) or part not in head:
+            return False
+        head = head[part]
+    return True
+
+
+def _place(parent: h5py.Group, name: str, overwrite: bool, write, where: str):
     """Write into a hidden group, then link it as ``name`` (readers never see it half done)."""
-    if not name or name.startswith("/") or name.endswith("/"):
-        raise ValueError(f"name must be a relative group path, got {name!r}")
-    if name in parent and not overwrite:
-        raise ValueError(f"name: {parent.file.filename}{parent.name} already holds {name!r} (pass overwrite=True)")
+    if _holds(parent, name) and not overwrite:
+        raise ValueError(f"name: {where} already holds {name!r} (pass overwrite=True)")
     head, _, base = name.rpartition("/")
-    where = parent.require_group(head) if head else parent
+    try:
+        where_group = parent.require_group(head) if head else parent
+    except (TypeError, ValueError):
+        raise ValueError(f"name: in {where}, {head!r} is not a group") from None
     tmp = f".{base}.partial"
-    if tmp in where:
-        del where[tmp]
-    write(where.create_group(tmp))
-    if base in where:
-        del where[base]
-    where.move(tmp, base)
+    if tmp in where_group:
+        del where_group[tmp]
+    write(where_group.create_group(tmp))
+    if base in where_group:
+        del where_group[base]
+    where_group.move(tmp, base)
 
 
 def save_trajectory(traj: Trajectory, target: str | os.PathLike | h5py.Group, name: str = "trajectory",
                     overwrite: bool = False) -> None:
     """Store ``traj`` as the group ``name`` of ``target`` (a path or an open h5py Group).
 
-    A path is updated atomically (:func:`atomic_file`); other groups of the file are kept.
+    A path is updated atomically (:func:`atomic_file`); other groups of the file are kept, and
+    writers of one file take turns, so concurrent saves to one file all keep their groups. The
+    target is checked before anything is written: a directory, a missing folder, a file that is
+    not HDF5 or a ``name`` already present (without ``overwrite``) is refused naming the path.
     """
+    if not isinstance(traj, Trajectory):
+        raise TypeError(f"traj must be a Trajectory, got {type(traj).__name__}")
+    _check_name(name)
+    if not isinstance(overwrite, (bool, np.bool_)):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+
     def write(group):
         write_trajectory(group, traj)
 
     if isinstance(target, h5py.Group):
-        _place(target, name, overwrite, write)
-    else:
-        with atomic_file(target) as f:
-            _place(f, name, overwrite, write)
+        _place(target, name, overwrite, write, f"{target.file.filename}{target.name}")
+        return
+    path = check_target(target, "target")
+    if path.exists() and not overwrite:
+        with open_hdf5(path, what="target") as f:
+            if _holds(f, name):
+                raise ValueError(f"name: {path} already holds {name!r} (pass overwrite=True)")
+    with atomic_file(path, what="target") as f:
+        _place(f, name, overwrite, write, str(path))
 
 
 def trajectory_names(group: h5py.Group) -> list:
@@ -239,13 +274,21 @@ def load_trajectory(source: str | os.PathLike | h5py.Group, name: str | None = N
     """The Trajectory in ``source`` (a path or an h5py Group).
 
     ``name`` is its group path; by default ``source`` itself, or its only Trajectory member.
+    A missing file gives FileNotFoundError, anything that is not a readable onlinemdl file (a
+    folder, another format, a truncated or corrupt file) a ValueError naming the path.
     """
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a str (a group path) or None, got {type(name).__name__}")
     if not isinstance(source, h5py.Group):
-        with h5py.File(check_readable(source), "r") as f:
-            return load_trajectory(f, name)
+        with open_hdf5(source, what="source") as f:
+            try:
+                return load_trajectory(f, name)
+            except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+                raise ValueError(f"{os.fspath(source)}: cannot be read as an onlinemdl file, truncated or corrupt? "
+                                 f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
     where = f"{source.file.filename}{source.name}"
     if name is not None:
-        if name not in source:
+        if not _holds(source, name):
             raise ValueError(f"name: {where} has no group {name!r} (it has {trajectory_names(source)})")
         return read_trajectory(source[name])
     if object_kind(source) == "Trajectory":

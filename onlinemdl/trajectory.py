@@ -73,16 +73,22 @@ class Trajectory:
 
     def summary(self) -> str:
         """One line: eps_g at the first and the last time (the mean of the replicas that did not
-        diverge), the status and its message, the wall time."""
+        diverge; where all diverged, the mean up to each divergence, to the last time any replica
+        was still finite), the status and its message, the wall time."""
         if self.alpha.size == 0:
             return f"no output times; {self.status}: {self.message}"
         eps = self.mean().eps_g
         label = "eps_g"
         if self.eps_g.ndim == 2:
             kept = self.replicas - (0 if self.diverged is None else int(np.sum(self.diverged)))
-            label = f"eps_g (mean of {kept} replicas)"
-        return (f"{label} {eps[0]:.3g} at alpha = 0 -> {eps[-1]:.3g} at alpha = {self.alpha[len(eps) - 1]:.3g}; "
-                f"{self.status}: {self.message} [{self.params.get('wall_time', 0.0):.1f} s]")
+            label = f"eps_g (mean of {kept} replicas)" if kept else \
+                f"eps_g (all {self.replicas} replicas diverged; mean up to each divergence)"
+        finite = np.flatnonzero(np.isfinite(eps))
+        if finite.size == 0:
+            return f"{label}: no finite value; {self.status}: {self.message} [{self.params.get('wall_time', 0.0):.1f} s]"
+        last = finite[-1]
+        return (f"{label} {eps[finite[0]]:.3g} at alpha = {self.alpha[finite[0]]:.3g} -> {eps[last]:.3g} at alpha = "
+                f"{self.alpha[last]:.3g}; {self.status}: {self.message} [{self.params.get('wall_time', 0.0):.1f} s]")
 
     def __repr__(self):
         form = self.params.get("form", "")
@@ -109,20 +115,35 @@ class Trajectory:
         out = {}
         for name in SERIES:
             arr = getattr(self, name)
-            if arr is not None:
-                sel = arr[keep]
-                out[name] = fn(sel) if sel.shape[0] else np.full(arr.shape[1:], np.nan)
+            if arr is None:
+                continue
+            if keep.any():
+                out[name] = fn(arr[keep], None)
+            else:  # every replica diverged: at each time, the replicas still finite there
+                out[name] = fn(np.where(np.isfinite(arr), arr, 0.0), np.isfinite(arr))
         return replace(self, diverged=None, alpha_diverged=None, **out)
 
     def mean(self) -> "Trajectory":
-        """Replica mean of every series, over replicas that did not diverge."""
-        return self._stat(lambda a: a.mean(axis=0))
+        """Replica mean of every series, over the replicas that did not diverge; where every
+        replica diverged, at each time over the replicas still finite then (NaN once none is)."""
+        def mean(a, finite):
+            if finite is None:
+                return a.mean(axis=0)
+            n = finite.sum(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(n > 0, a.sum(axis=0) / np.maximum(n, 1), np.nan)
+        return self._stat(mean)
 
     def sem(self) -> "Trajectory":
-        """Standard error of the replica mean, over replicas that did not diverge."""
-        def sem(a):
-            n = a.shape[0]
-            return a.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(a.shape[1:])
+        """Standard error of the replica mean, over the same replicas as :meth:`mean`."""
+        def sem(a, finite):
+            if finite is None:
+                n = a.shape[0]
+                return a.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(a.shape[1:])
+            n = finite.sum(axis=0)
+            m = np.where(n > 0, a.sum(axis=0) / np.maximum(n, 1), 0.0)
+            var = np.where(finite, (a - m) ** 2, 0.0).sum(axis=0) / np.maximum(n - 1, 1)
+            return np.where(n > 1, np.sqrt(var / np.maximum(n, 1)), np.where(n == 1, 0.0, np.nan))
         return self._stat(sem)
 
     def replica(self, i) -> "Trajectory":
@@ -137,8 +158,16 @@ class Trajectory:
         return replace(self, diverged=None, alpha_diverged=None, **picked)
 
     def at(self, alpha) -> int:
-        """Index of the grid point nearest to ``alpha``."""
-        return int(np.argmin(np.abs(self.alpha - alpha)))
+        """Index of the grid point nearest to ``alpha`` (a finite number)."""
+        try:
+            value = float(alpha)
+        except (TypeError, ValueError):
+            raise TypeError(f"alpha must be a number, got {type(alpha).__name__}") from None
+        if not np.isfinite(value) or isinstance(alpha, (bool, np.bool_)):
+            raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+        if self.alpha.size == 0:
+            raise ValueError("alpha: the trajectory has no output times")
+        return int(np.argmin(np.abs(self.alpha - value)))
 
     def __eq__(self, other):
         if not isinstance(other, Trajectory):
