@@ -28,7 +28,10 @@ def module_name(path: Path) -> str:
 
 def layer(name: str) -> int:
     """The layer of a module: its own entry, else its package's (``ode.kernels`` -> ``ode``)."""
+    full = name
     while name not in LAYERS:
+        if not name:
+            raise KeyError(f"module {full!r} has no layer: add it to LAYERS (docs/architecture.md)")
         name = name.rpartition(".")[0]
     return LAYERS[name]
 
