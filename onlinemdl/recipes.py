@@ -14,8 +14,8 @@ import inspect
 from .dynamics import Dynamics
 from .model import Student, Teacher, default_modes
 from .ode import integrate
-from .runsetup import check_choice
-from .sgd import simulate
+from .runsetup import alpha_grid, check_choice, check_int, check_seed
+from .sgd import METHODS, simulate
 from .trajectory import Trajectory
 
 TEACHERS = ("modes", "random", "orthonormal")
@@ -50,7 +50,7 @@ def networks(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes"
         t = Teacher.orthonormal(N, M, **tkw)
     skw = dict(weight_decay=weight_decay, batch=batch, activation=activation)
     if train is not None:
-        skw["train"] = tuple(train)
+        skw["train"] = (train,) if isinstance(train, str) else tuple(train)
     K = M if K is None else K
     if student == "teacher-modes":
         if K != M:
@@ -102,3 +102,46 @@ def run_simulation(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-
                     threads=threads, test_set=test_set)
     traj.params["spec"] = spec
     return traj
+
+
+def _check_common(p: dict):
+    """Type and range checks of the flat parameters shared by run_ode and run_simulation."""
+    check_int("N", p["N"])
+    check_int("M", p["M"])
+    for name in ("K", "p"):
+        if p[name] is not None:
+            check_int(name, p[name])
+    check_choice("teacher", p["teacher"], TEACHERS)
+    check_choice("student", p["student"], STUDENTS)
+    check_choice("init", p["init"], INITS)
+    if p["train"] is not None and not isinstance(p["train"], str):
+        if not isinstance(p["train"], (list, tuple)) or not all(
+                isinstance(t, str) for t in p["train"]):
+            raise ValueError(f"train must be a list of factor names (strings), got {p['train']!r}")
+    check_seed("teacher_seed", p["teacher_seed"])
+    check_seed("student_seed", p["student_seed"])
+    Dynamics(train=("w",), eta=p["eta"], eta_lam=p["eta_lam"], eta_A=p["eta_A"], eta_v=p["eta_v"], sigma=p["sigma"],
+             weight_decay=p["weight_decay"], batch=p["batch"], activation=p["activation"], max_norm=p["max_norm"])
+    alpha_grid(p["alpha_max"], p["points"])
+
+
+def check_params(run, params: dict) -> None:
+    """Check the parameters of one call of :func:`run_ode` or :func:`run_simulation` without running it:
+    a ValueError naming the parameter and what it must be (so a scan refuses a bad point before any
+    worker starts). Other run functions are only checked by their signature (in :func:`onlinemdl.scan`)."""
+    if run not in (run_ode, run_simulation):
+        return
+    p = inspect.signature(run).bind(**params)
+    p.apply_defaults()
+    p = p.arguments
+    _check_common(p)
+    if run is run_ode:
+        from .ode.integrate import SOLVE_IVP_METHODS
+        check_choice("method", p["method"], ("auto", "euler") + SOLVE_IVP_METHODS)
+    else:
+        check_choice("method", p["method"], METHODS)
+        check_int("replicas", p["replicas"])
+        check_seed("seed", p["seed"])
+        if p["threads"] is not None:
+            check_int("threads", p["threads"])
+        check_int("test_set", p["test_set"], 0)

@@ -14,6 +14,8 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -21,9 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from .recipes import run_ode
+from .recipes import check_params, run_ode
 from .scan_store import ScanStore, point_image
 from .storage import object_kind, read_record, read_result, record_keys
+from .trajectory import Trajectory
 
 
 # --------------------------------------------------------------------------------------
@@ -185,6 +188,175 @@ class ScanResult:
             group = groups.get(self.ids[index])
             return None if group is None else read_result(group)
 
+    # ---- xarray and pandas -------------------------------------------------------------
+    def _series_layout(self):
+        """``(trajectories, replicas)``: whether the results are Trajectories, and whether their series
+        carry a replica axis (read from the first finished point)."""
+        for idx in zip(*self.done.nonzero()):
+            first = self.result(*idx)
+            if isinstance(first, Trajectory):
+                return True, first.eps_g.ndim == 2
+            return False, False
+        return False, False
+
+    def to_xarray(self, fields=("eps_g",)):
+        """The scan as an ``xarray.Dataset`` (needs xarray: ``pip install 'onlinemdl[xarray]'``).
+
+        The grid axes are dimensions with their values as coordinates (explicit points: the
+        dimension ``point``, every parameter that varies a coordinate along it). For Trajectory
+        results each of ``fields`` (series such as "eps_g", "eps_test", "Q", or per-point values
+        such as "nfev") is a variable; the series run along ``alpha`` (a coordinate, when every
+        point has the same grid, else a dimension ``time`` with ``alpha`` a coordinate over the
+        grid as well) and, for simulations, ``replica``; the point's ``status`` is always included.
+        Dict results give one variable per key of ``fields`` (default: every scalar key).
+        Points not computed, and series past a run's divergence, hold NaN. The fixed parameters,
+        the run and the store are attributes.
+        """
+        try:
+            import xarray as xr
+        except ImportError:
+            raise ImportError("to_xarray needs xarray: pip install 'onlinemdl[xarray]'") from None
+        dims, coords = self._grid_coords()
+        trajectories, replicas = self._series_layout()
+        data, extra = {}, {}
+        if trajectories:
+            alpha = self["alpha"]
+            common = _common_grid(alpha, len(dims))
+            tdim = "alpha" if common is not None else "time"
+            if common is not None:
+                extra["alpha"] = common
+            else:
+                extra["alpha"] = (dims + ["time"], alpha)
+            for name in dict.fromkeys(("status",) + tuple(_as_tuple(fields))):
+                value = self[name]
+                lead = dims + (["replica"] if replicas and name in SERIES_FIELDS else []) + \
+                    ([tdim] if name in SERIES_FIELDS or name in ("alpha", "steps") else [])
+                trail = [f"{name}_{i}" for i in range(value.ndim - len(lead))]
+                data[name] = (lead + trail, _plain_array(value))
+        else:
+            keys = _as_tuple(fields) if fields != ("eps_g",) else self._record_scalars()
+            for name in keys:
+                value = self[name]
+                data[name] = (dims + [f"{name}_{i}" for i in range(value.ndim - len(dims))], _plain_array(value))
+        ds = xr.Dataset(data, coords={**coords, **extra})
+        ds.attrs.update(run=self.run, store=str(self.store), **{k: _attr(v) for k, v in self.fixed.items()})
+        return ds
+
+    def to_dataframe(self, fields=("eps_g",)):
+        """The scan as a ``pandas.DataFrame`` in long form: one row per point and alpha (needs pandas).
+
+        Columns: the grid's parameters (explicit points: ``point`` and every parameter that varies),
+        ``alpha``, ``status`` and each of ``fields``; for simulations the replica mean over the
+        replicas that did not diverge (:meth:`Trajectory.mean`) and its standard error
+        ``<field>_sem``. Series past a divergence are NaN. Dict results give one row per point with
+        their scalar values. Points not computed are left out.
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("to_dataframe needs pandas: pip install pandas") from None
+        names = self._varying()
+        rows = []
+        for idx in zip(*self.done.nonzero()):
+            point = self.points[idx]
+            base = {**({"point": int(idx[0])} if "point" in self.axes else {}), **{k: point.get(k) for k in names}}
+            result = self.result(*idx)
+            if not isinstance(result, Trajectory):
+                keys = _as_tuple(fields) if fields != ("eps_g",) else [k for k, v in result.items() if np.ndim(v) == 0]
+                rows.append({**base, **{k: result[k] for k in keys}})
+                continue
+            replicas = result.eps_g.ndim == 2
+            mean, sem = (result.mean(), result.sem()) if replicas else (result, None)
+            columns = {}
+            for name in _as_tuple(fields):
+                value = getattr(mean, name, None)
+                if value is None and name in result.params:
+                    value = np.full(result.alpha.size, result.params[name])
+                if value is None:
+                    raise KeyError(f"{name!r} is no field or parameter of the results in {self.store}")
+                if np.ndim(value) != 1:
+                    raise ValueError(f"fields: {name!r} is not a series over alpha; use to_xarray for it")
+                columns[name] = value
+                if sem is not None:
+                    columns[f"{name}_sem"] = getattr(sem, name)
+            for t in range(result.alpha.size):
+                rows.append({**base, "alpha": float(result.alpha[t]), "status": result.status,
+                             **{k: float(v[t]) for k, v in columns.items()}})
+        return pd.DataFrame(rows)
+
+    def _varying(self) -> list:
+        if "point" not in self.axes:
+            return list(self.axes)
+        keys = dict.fromkeys(k for p in self.points.ravel() for k in p if k not in self.fixed)
+        return list(keys)
+
+    def _grid_coords(self):
+        if "point" not in self.axes:
+            return list(self.axes), {k: ([k], _plain_array(_objects(v))) for k, v in self.axes.items()}
+        coords = {"point": ("point", np.arange(self.shape[0]))}
+        for k in self._varying():
+            coords[k] = ("point", _plain_array(_objects([p.get(k) for p in self.points.ravel()])))
+        return ["point"], coords
+
+    def _record_scalars(self) -> list:
+        for idx in zip(*self.done.nonzero()):
+            return [k for k, v in self.result(*idx).items() if np.ndim(v) == 0]
+        return []
+
+
+#: Trajectory fields that run over alpha (with a replica axis for simulations).
+SERIES_FIELDS = ("eps_g", "Q", "R", "Rm", "S", "lam", "A", "v", "eps_test")
+
+
+def _objects(seq):
+    out = np.empty(len(seq), dtype=object)
+    for i, v in enumerate(seq):
+        out[i] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def _as_tuple(fields):
+    return (fields,) if isinstance(fields, str) else tuple(fields)
+
+
+def _plain_array(arr):
+    """An object array of numbers, strings or None as the narrowest plain NumPy array."""
+    arr = np.asarray(arr)
+    if arr.dtype != object:
+        return arr
+    flat = [v for v in arr.ravel() if v is not None and not (isinstance(v, float) and v != v)]
+    if flat and all(isinstance(v, str) for v in flat):
+        return np.array(["" if v is None or (isinstance(v, float) and v != v) else v for v in arr.ravel()],
+                        dtype=str).reshape(arr.shape)
+    if flat and all(isinstance(v, (bool, int, float, np.number)) for v in flat):
+        return np.array([np.nan if v is None else v for v in arr.ravel()], dtype=float).reshape(arr.shape) \
+            if any(v is None for v in arr.ravel()) else np.array(arr.tolist())
+    return arr
+
+
+def _common_grid(alpha, ngrid):
+    """The one alpha grid every point shares (each point's grid a prefix of the longest), else None."""
+    rows = alpha.reshape(-1, alpha.shape[-1])
+    longest = None
+    for row in rows:
+        n = int(np.sum(np.isfinite(row)))
+        if longest is None or n > np.sum(np.isfinite(longest)):
+            longest = row
+    if longest is None:
+        return None
+    for row in rows:
+        n = int(np.sum(np.isfinite(row)))
+        if n and not np.array_equal(row[:n], longest[:n]):
+            return None
+    return longest
+
+
+def _attr(value):
+    """A fixed parameter as an attribute value xarray and netCDF accept (None and lists as text)."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value)
+
 
 def load_scan(store="scan.h5") -> ScanResult:
     """The results of the last scan written to ``store``, as a :class:`ScanResult`."""
@@ -240,24 +412,35 @@ def scan(grid, run=None, store="scan.h5", *, fixed=None, executor=None, workers=
     """
     run = run_ode if run is None else run
     name = run_name(run)
+    if not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(f"progress must be True or False, got {progress!r}")
     defn = definition(grid, name, fixed)
     axes, points, _ = expand(defn)
     _check_signature(run, name, points)
-    if executor is None and run.__module__ == "__main__" and not hasattr(sys.modules["__main__"], "__file__"):
+    labels = [{k: p[k] for k in p if k not in defn["fixed"]} for p in points]
+    for p, lab in zip(points, labels):
+        try:
+            check_params(run, p)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"grid: point {lab or p}: {err}") from None
+    if workers is not None and (executor is not None or type(workers) is not int or workers < 1):
+        raise ValueError(f"workers must be an integer >= 1 and only goes with the default executor, got {workers!r}")
+    method = start_method() if executor is None else None
+    if method == "spawn" and run.__module__ == "__main__" and not hasattr(sys.modules["__main__"], "__file__"):
         raise ValueError(f"run: {run.__qualname__} is defined interactively (a notebook or the REPL), where the "
                          "default worker processes cannot import it; define it in a module, or pass "
                          "executor=concurrent.futures.ThreadPoolExecutor()")
-    if workers is not None and (executor is not None or type(workers) is not int or workers < 1):
-        raise ValueError(f"workers must be an integer >= 1 and only goes with the default executor, got {workers!r}")
-    labels = [{k: p[k] for k in p if k not in defn["fixed"]} for p in points]
     st = ScanStore(store)
     st.open(defn)
     try:
         have = st.ids()
         todo = [(point_id(name, p), p, lab) for p, lab in zip(points, labels) if point_id(name, p) not in have]
-        with tqdm(total=len(points), initial=len(points) - len(todo), unit="point", desc=f"scan {st.path.name}",
-                  disable=not progress) as bar:
-            _execute(run, todo, st, bar, executor, workers)
+
+        def bar():
+            return tqdm(total=len(points), initial=len(points) - len(todo), unit="point", desc=f"scan {st.path.name}",
+                        disable=not progress)
+
+        _execute(run, todo, st, bar, executor, workers, method)
     finally:
         st.close()
     res = load_scan(store)
@@ -265,36 +448,62 @@ def scan(grid, run=None, store="scan.h5", *, fixed=None, executor=None, workers=
     return res
 
 
+def start_method() -> str:
+    """How the default executor starts its workers: "fork" on Linux from a process with no other
+    thread (the workers start at once, with everything imported), else "spawn" (each worker
+    imports the package and the run function anew: about a second each)."""
+    if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods() \
+            and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
+def _watch_parent(parent: int):
+    """Worker initializer: exit as soon as the scan's process is gone (killed), instead of waiting
+    for work forever while holding its pipes open."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="onlinemdl-watch-parent", daemon=True).start()
+
+
 def run_point(run, pid, params) -> bytes:
     """Worker side of a scan: ``run(**params)``, returned encoded (:func:`onlinemdl.storage.point_image`)."""
     return point_image(pid, params, run(**params))
 
 
-def _execute(run, todo, store, bar, executor, workers):
+def _execute(run, todo, store, bar, executor, workers, method):
     if not todo:
+        bar().close()
         return
     own = executor is None
     if own:
-        executor = ProcessPoolExecutor(min(workers or os.cpu_count(), len(todo)),
-                                       mp_context=multiprocessing.get_context("spawn"))
+        sys.stdout.flush()  # a forked worker must not repeat buffered output
+        sys.stderr.flush()
+        executor = ProcessPoolExecutor(min(workers or os.cpu_count() or 1, len(todo)),
+                                       mp_context=multiprocessing.get_context(method),
+                                       initializer=_watch_parent, initargs=(os.getpid(),))
     elif hasattr(executor, "get_executor"):  # a distributed.Client
         executor = executor.get_executor()
-    futures, ok = {}, False
+    futures, ok, finished = {}, False, 0
     try:
-        for pid, params, label in todo:
+        for pid, params, label in todo:  # before the bar: a fork pool starts its workers here, with no thread about
             futures[executor.submit(run_point, run, pid, params)] = (pid, label)
-        for fut in as_completed(futures):
-            pid, label = futures.pop(fut)
-            try:
-                image = fut.result()
-            except BrokenProcessPool as err:
-                raise RuntimeError(f"a worker process died at {label} ({err}); a script that runs a scan on the "
-                                   "default process pool must guard its main code with "
-                                   "'if __name__ == \"__main__\":'") from err
-            except Exception as err:
-                raise RuntimeError(f"run failed at {label}: {type(err).__name__}: {err}") from err
-            store.add(pid, image)
-            bar.update()
+        with bar() as progress:
+            for fut in as_completed(futures):
+                pid, label = futures.pop(fut)
+                try:
+                    image = fut.result()
+                except BrokenProcessPool as err:
+                    raise RuntimeError(_died(label, finished, len(todo), store.path, own and method == "spawn")) \
+                        from err
+                except Exception as err:
+                    raise RuntimeError(f"run failed at {label}: {type(err).__name__}: {err}") from err
+                store.add(pid, image)
+                finished += 1
+                progress.update()
         ok = True
     finally:
         if not ok:  # keep what finished, drop the rest
@@ -303,3 +512,13 @@ def _execute(run, todo, store, bar, executor, workers):
                     store.add(pid, fut.result())
         if own:
             executor.shutdown(wait=ok, cancel_futures=True)
+
+
+def _died(label, finished, total, path, spawned) -> str:
+    text = (f"a worker process died (killed, or out of memory?) while running {label}; the {finished} points "
+            f"finished in this run are kept in {path}, {total - finished} are not computed: run the scan again "
+            "to compute them")
+    if spawned and finished == 0 and hasattr(sys.modules["__main__"], "__file__"):
+        text += ("; if no worker ever finished a point, check that the script guards its main code with "
+                 "'if __name__ == \"__main__\":'")
+    return text
