@@ -51,16 +51,174 @@ def _last_crossing(alpha, y, level):
 
 
 # --------------------------------------------------------------------------------------
-# Plateaus
+# The local exponent
+# --------------------------------------------------------------------------------------
+#: Default smoothing of a simulation's local exponent: "auto", the least of ``AUTO_WIDTHS`` (decades of
+#: alpha) whose jackknife standard error has a median of at most ``SEM_TARGET``; chosen on the labelled set
+#: of ``tests/test_features.py`` (an ODE is not smoothed).
+SIM_SMOOTH = "auto"
+AUTO_WIDTHS = (0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3)
+SEM_TARGET = 0.05
+
+
+@dataclass
+class LocalExponent:
+    """Local exponent of a learning curve on a uniform log-alpha grid (:func:`local_exponent`).
+
+    alpha : grid, ``per_decade`` points per decade. eps : the smoothed curve (the replica mean for a
+        simulation). exponent : ``s = -d ln eps / d ln alpha`` (0 on a flat stretch, ``b`` on
+        ``alpha^-b``, ``alpha / tau`` on ``exp(-alpha / tau)``).
+    sem : its standard error over the replicas (jackknife: the exponent of the mean recomputed with
+        each replica left out), or None for a single curve.
+    smooth : Gaussian smoothing width used (decades). replicas : curves averaged.
+    """
+
+    alpha: np.ndarray
+    eps: np.ndarray
+    exponent: np.ndarray
+    sem: np.ndarray | None
+    smooth: float
+    replicas: int
+
+
+def _check_exponent_args(smooth, floor, per_decade):
+    if not (smooth >= 0 and np.isfinite(smooth)):
+        raise ValueError(f"smooth must be a finite number >= 0 (decades), got {smooth!r}")
+    if not (0 <= floor < 1):
+        raise ValueError(f"floor must be in [0, 1), got {floor!r}")
+    if not (isinstance(per_decade, (int, np.integer)) and per_decade >= 4):
+        raise ValueError(f"per_decade must be an integer >= 4, got {per_decade!r}")
+
+
+def _smoothed(yu, smooth, per_decade):
+    """Gaussian-smoothed ``yu`` and minus its derivative per ln(10) decade (odd reflection at the ends)."""
+    if smooth > 0:
+        from scipy.ndimage import gaussian_filter1d  # imported here: scipy is slow to import
+
+        sigma = smooth * per_decade
+        pad = int(math.ceil(4 * sigma))
+        padded = np.pad(yu, pad, mode="reflect", reflect_type="odd")
+        ys = gaussian_filter1d(padded, sigma)[pad:pad + yu.size]
+        s = -gaussian_filter1d(padded, sigma, order=1)[pad:pad + yu.size] * per_decade
+    else:
+        ys = yu
+        s = -np.gradient(yu, 1.0 / per_decade) if yu.size > 1 else np.zeros(1)
+    return ys, s
+
+
+def local_exponent(curve, eps=None, *, smooth=None, floor=1e-9, per_decade=100) -> LocalExponent:
+    """Local exponent ``s = -d ln eps / d ln alpha`` of a learning curve, with its standard error.
+
+    ``curve`` is a :class:`~onlinemdl.trajectory.Trajectory` (its ``eps_g``; for a simulation the
+    mean of the replicas that did not diverge) or an array of alpha with ``eps`` given: shape (n,)
+    for one curve, (replicas, n) for several (their mean is analysed).
+
+    Method (``theory/fixed_points.md`` §1): ``log10`` of the (mean) curve is put on a uniform grid of
+    ``per_decade`` points per decade of alpha (points in one cell averaged, empty cells
+    interpolated), smoothed with a Gaussian of width ``smooth`` decades (odd reflection at the
+    ends keeps the end slopes) and differentiated; the curve is used only up to where it first
+    falls below ``floor * max`` (converged: its logarithm is rounding noise there). With
+    replicas, the standard error is the jackknife one: the whole procedure is repeated on the
+    mean with each replica left out, so it includes the smoothing.
+
+    ``smooth`` defaults to 0 for an ODE trajectory (noiseless) and to :data:`SIM_SMOOTH` for a
+    simulation or several curves, 0.05 for one curve given as arrays. Smoothing spreads a sharp
+    change of the exponent over about ``2 smooth`` decades.
+    """
+    if isinstance(curve, Trajectory):
+        if eps is not None:
+            raise ValueError("eps must not be given with a Trajectory")
+        alpha, eps = curve.alpha, curve.eps_g
+        if eps.ndim == 2 and curve.diverged is not None:
+            eps = eps[~np.asarray(curve.diverged, bool)]
+        if smooth is None:
+            smooth = 0.0 if curve.kind == "ode" else (SIM_SMOOTH if eps.ndim == 2 and eps.shape[0] > 1 else 0.05)
+    else:
+        alpha = curve
+        if eps is None:
+            raise ValueError("eps must be given with an alpha array")
+    alpha = np.asarray(alpha, float).ravel()
+    eps = np.asarray(eps, float)
+    eps2 = eps[None] if eps.ndim == 1 else eps
+    if eps2.ndim != 2 or eps2.shape[1] != alpha.size:
+        raise ValueError(f"alpha and eps must have the same length, got {alpha.size} and {eps.shape[-1]}")
+    if smooth is None:
+        smooth = 0.05 if eps.ndim == 1 else SIM_SMOOTH
+    auto = isinstance(smooth, str)
+    if auto and (smooth != "auto" or eps2.shape[0] < 2):
+        raise ValueError(f'smooth must be a number of decades, or "auto" for several curves, got {smooth!r}')
+    _check_exponent_args(AUTO_WIDTHS[0] if auto else smooth, floor, per_decade)
+    mean = eps2.mean(axis=0) if eps2.shape[0] else np.full(alpha.size, np.nan)
+    ok = (alpha > 0) & np.isfinite(mean) & np.all(np.isfinite(eps2), axis=0)
+    alpha, mean, eps2 = alpha[ok], mean[ok], eps2[:, ok]
+    if mean.size:
+        low = np.nonzero(mean <= floor * np.max(mean))[0]
+        n = low[0] if low.size else mean.size
+        alpha, mean, eps2 = alpha[:n], mean[:n], eps2[:, :n]
+    empty = np.empty(0)
+    if alpha.size < 3 or alpha[-1] <= alpha[0]:
+        return LocalExponent(empty, empty, empty, None if eps2.shape[0] < 2 else empty,
+                             AUTO_WIDTHS[0] if auto else float(smooth), eps2.shape[0])
+    x = np.log10(alpha)
+    cell = np.rint((x - x[0]) * per_decade).astype(int)
+    xu = x[0] + np.arange(cell[-1] + 1) / per_decade
+    counts = np.bincount(cell)
+    filled = counts > 0
+
+    def exponent_of(curve_mean):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.log10(np.maximum(curve_mean, np.finfo(float).tiny))
+        sums = np.bincount(cell, weights=y)
+        if np.all(filled) or filled.sum() < 3:
+            yu = np.interp(xu, xu[filled], sums[filled] / counts[filled])
+        else:  # a sparse grid: monotone cubic between the points, so the derivative has no steps
+            from scipy.interpolate import PchipInterpolator  # imported here: scipy is slow to import
+
+            yu = PchipInterpolator(xu[filled], sums[filled] / counts[filled])(xu)
+        return _smoothed(yu, smooth, per_decade)
+
+    r = eps2.shape[0]
+
+    def with_sem(width):
+        nonlocal smooth
+        smooth = width
+        ys, s = exponent_of(mean)
+        if r < 2:
+            return ys, s, None
+        loo = np.array([exponent_of((mean * r - eps2[k]) / (r - 1))[1] for k in range(r)])
+        return ys, s, np.sqrt((r - 1) / r * np.sum((loo - loo.mean(axis=0)) ** 2, axis=0))
+
+    if auto:  # the least smoothing whose standard error is at most SEM_TARGET (median over the curve)
+        for width in AUTO_WIDTHS:
+            ys, s, sem = with_sem(width)
+            if sem is None or np.median(sem) <= SEM_TARGET:
+                break
+    else:
+        ys, s, sem = with_sem(smooth)
+    return LocalExponent(alpha=10.0 ** xu, eps=10.0 ** ys, exponent=s, sem=sem, smooth=float(smooth), replicas=r)
+
+
+def decay_exponent(alpha, eps, *, smooth=0.05, floor=1e-9, per_decade=100):
+    """``(alpha_u, eps_u, s)`` of :func:`local_exponent` for one curve (kept for existing callers)."""
+    le = local_exponent(alpha, np.asarray(eps, float).ravel(), smooth=smooth, floor=floor, per_decade=per_decade)
+    return le.alpha, le.eps, le.exponent
+
+
+# --------------------------------------------------------------------------------------
+# Plateaus and shoulders
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Plateau:
-    """One plateau of ``eps_g(alpha)``.
+    """One plateau or shoulder of ``eps_g(alpha)`` (``kind``).
 
-    start, end : alpha where the decay exponent falls below / last stays below ``flat``.
+    start, end : alpha where the feature begins and ends (a plateau: where the local exponent
+        falls below / last stays below ``flat``; a shoulder: where the exponent's dip is half as deep).
     level : ``eps_g`` at the flattest point (the saddle's error, for a saddle plateau).
     length : ``end - start``.
-    center : alpha of the flattest point; slope : the decay exponent there.
+    center : alpha of the flattest point; slope : the local exponent there.
+    depth : how far the exponent dips, ``min(left peak, right peak) - slope`` (the peak on one side
+        only where the feature touches an end of the curve).
+    kind : "plateau" (exponent near 0) or "shoulder" (a dip of the exponent that stays above ``flat``).
     """
 
     start: float
@@ -69,6 +227,8 @@ class Plateau:
     length: float
     center: float
     slope: float
+    depth: float = math.nan
+    kind: str = "plateau"
 
     @property
     def decades(self) -> float:
@@ -76,18 +236,27 @@ class Plateau:
         return math.log10(self.end / self.start)
 
 
+#: A shoulder is reported with the same fields as a plateau.
+Shoulder = Plateau
+
+#: Defaults of the finder (``theory/fixed_points.md`` §1), chosen on the labelled set of
+#: ``tests/test_features.py``.
+FLAT, MIN_SPAN, MIN_DROP, MIN_DEPTH, MIN_WIDTH, SIGNIFICANCE = 0.15, 0.2, 0.1, 0.4, 0.15, 3.0
+
+
 @dataclass
 class PlateauSearch:
-    """Result of :func:`find_plateaus`: the plateaus, the stages and the curve they were read from.
+    """Result of :func:`find_plateaus`: plateaus, shoulders, the stages and the curve they were read from.
 
-    plateaus : escaped plateaus, in order (iterate over the result, or index it).
+    plateaus : escaped plateaus (local exponent below ``flat``), in order; iterating over the
+        result, indexing it and ``len`` see these.
+    shoulders : dips of the local exponent that stay above ``flat``, in order.
     final : the flat stretch the curve ends on (a plateau not yet escaped, or the asymptotic
         error: the curve alone cannot tell which), or None.
-    onset : alpha at which the starting stretch ends (last point with exponent below ``flat``
-        before the first descent): the escape time of a run started on a plateau. NaN if the
-        curve never descends.
-    alpha, eps, exponent : the smoothed curve on its uniform log-alpha grid and its local
-        decay exponent ``s = -d ln eps / d ln alpha``.
+    onset : alpha at which the starting stretch ends: the escape time of a run started on a
+        plateau. NaN if the curve never leaves it.
+    alpha, eps, exponent, sem : the local exponent (:func:`local_exponent`) the features were read
+        from (``sem`` None for one noiseless curve).
     criterion : the thresholds used.
     """
 
@@ -98,11 +267,18 @@ class PlateauSearch:
     eps: np.ndarray
     exponent: np.ndarray
     criterion: dict = field(default_factory=dict)
+    shoulders: list = field(default_factory=list)
+    sem: np.ndarray | None = None
+
+    @property
+    def features(self) -> list:
+        """Plateaus and shoulders together, in order of alpha."""
+        return sorted(self.plateaus + self.shoulders, key=lambda f: f.center)
 
     @property
     def stages(self) -> int:
-        """Number of learning stages: descents separated by the plateaus."""
-        return len(self.plateaus) + 1
+        """Number of learning stages: descents separated by plateaus or shoulders."""
+        return len(self.plateaus) + len(self.shoulders) + 1
 
     def __len__(self):
         return len(self.plateaus)
@@ -114,142 +290,152 @@ class PlateauSearch:
         return self.plateaus[i]
 
     def summary(self) -> str:
-        """One line per plateau: start, end, length, level, flattest exponent."""
-        lines = [f"{self.stages} stage(s), {len(self)} plateau(s)"]
-        for k, p in enumerate(self.plateaus):
-            lines.append(f"  plateau {k}: alpha {p.start:.4g} -> {p.end:.4g} (length {p.length:.4g}, "
-                         f"{p.decades:.2f} decades), eps_g = {p.level:.4g}, exponent {p.slope:.2f}")
+        """One line per plateau and shoulder: start, end, length, level, flattest exponent, depth."""
+        lines = [f"{self.stages} stage(s): {len(self.plateaus)} plateau(s), {len(self.shoulders)} shoulder(s)"]
+        counts = {"plateau": 0, "shoulder": 0}
+        for p in self.features:
+            k = counts[p.kind]
+            counts[p.kind] += 1
+            lines.append(f"  {p.kind} {k}: alpha {p.start:.4g} -> {p.end:.4g} (length {p.length:.4g}, "
+                         f"{p.decades:.2f} decades), eps_g = {p.level:.4g}, exponent {p.slope:.2f} "
+                         f"(dip {p.depth:.2f})")
         if self.final is not None:
             f = self.final
             lines.append(f"  ends flat from alpha {f.start:.4g} at eps_g = {f.level:.4g}")
         return "\n".join(lines)
 
 
-def decay_exponent(alpha, eps, *, smooth=0.05, floor=1e-9, per_decade=100):
-    """Local decay exponent ``s = -d ln eps / d ln alpha`` of a learning curve.
+def _runs(mask):
+    """(start, end) index pairs of the runs of True in ``mask`` (end inclusive)."""
+    m = np.concatenate(([False], mask, [False])).astype(np.int8)
+    d = np.diff(m)
+    return list(zip(np.nonzero(d == 1)[0], np.nonzero(d == -1)[0] - 1))
 
-    The curve is resampled onto ``per_decade`` points per decade of alpha (points falling in one
-    grid cell are averaged, gaps interpolated), smoothed with a Gaussian of width ``smooth``
-    decades (derivative of the Gaussian-filtered ``log eps``; odd reflection at the ends keeps
-    the end slopes), and analysed only up to where ``eps`` first falls below
-    ``floor * max(eps)`` (converged; the logarithm there is rounding noise).
 
-    Returns
-    -------
-    alpha_u, eps_u, s : grid, smoothed curve and exponent (empty when fewer than 3 usable points).
+def features_in(le: LocalExponent, *, flat=FLAT, min_span=MIN_SPAN, min_drop=MIN_DROP, min_depth=MIN_DEPTH,
+                min_width=MIN_WIDTH, significance=SIGNIFICANCE) -> PlateauSearch:
+    """Plateaus and shoulders of a local exponent (criterion: ``theory/fixed_points.md`` §1).
+
+    * flat stretches are runs with ``s < flat``; two runs are one when ``eps`` falls by less than
+      ``min_drop`` decades between them (noise, or a bump without a descent);
+    * the run the curve starts in is the starting error (every curve with a finite ``eps(0)`` is
+      flat against ``log alpha`` as alpha -> 0); its end is ``onset``;
+    * the run the curve ends in is ``final``; every other run lasting ``min_span`` decades is a
+      **plateau**, however gently it was entered;
+    * a **shoulder** is a local minimum of ``s`` at or above ``flat`` whose dip below the lower of
+      the two neighbouring maxima (its prominence) is at least ``min_depth``, and at least
+      ``significance`` standard errors where they are known, with a width at half depth of at
+      least ``min_width`` decades.
     """
-    alpha = np.asarray(alpha, float).ravel()
-    eps = np.asarray(eps, float).ravel()
-    if alpha.shape != eps.shape:
-        raise ValueError(f"alpha and eps must have the same length, got {alpha.size} and {eps.size}")
-    if not (smooth >= 0 and np.isfinite(smooth)):
-        raise ValueError(f"smooth must be a finite number >= 0 (decades), got {smooth!r}")
-    if not (0 <= floor < 1):
-        raise ValueError(f"floor must be in [0, 1), got {floor!r}")
-    if not (isinstance(per_decade, (int, np.integer)) and per_decade >= 4):
-        raise ValueError(f"per_decade must be an integer >= 4, got {per_decade!r}")
-    ok = (alpha > 0) & np.isfinite(eps)
-    alpha, eps = alpha[ok], eps[ok]
-    if eps.size:
-        low = np.nonzero(eps <= floor * np.max(eps))[0]
-        n = low[0] if low.size else eps.size
-        alpha, eps = alpha[:n], eps[:n]
-    empty = np.empty(0)
-    if alpha.size < 3 or alpha[-1] <= alpha[0]:
-        return empty, empty, empty
-    x, y = np.log10(alpha), np.log10(eps)
-    cell = np.rint((x - x[0]) * per_decade).astype(int)
-    xu = x[0] + np.arange(cell[-1] + 1) / per_decade
-    counts = np.bincount(cell)
-    sums = np.bincount(cell, weights=y)
-    filled = counts > 0
-    yu = np.interp(xu, xu[filled], sums[filled] / counts[filled])
-    if smooth > 0:
-        sigma = smooth * per_decade
-        from scipy.ndimage import gaussian_filter1d  # imported here: scipy is slow to import
+    if not (0 <= flat and np.isfinite(flat)):
+        raise ValueError(f"flat must be a finite number >= 0, got {flat!r}")
+    for name, value in (("min_span", min_span), ("min_drop", min_drop), ("min_depth", min_depth),
+                        ("min_width", min_width), ("significance", significance)):
+        if not (value >= 0 and np.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    a, e, s, sem = le.alpha, le.eps, le.exponent, le.sem
+    criterion = dict(flat=flat, min_span=min_span, min_drop=min_drop, min_depth=min_depth, min_width=min_width,
+                     significance=significance, smooth=le.smooth)
+    result = PlateauSearch(plateaus=[], final=None, onset=math.nan, alpha=a, eps=e, exponent=s, criterion=criterion,
+                           sem=sem)
+    if s.size < 3:
+        return result
+    x = np.log10(a)
+    le10 = np.log10(e)
 
-        pad = int(math.ceil(4 * sigma))
-        padded = np.pad(yu, pad, mode="reflect", reflect_type="odd")
-        ys = gaussian_filter1d(padded, sigma)[pad:pad + yu.size]
-        s = -gaussian_filter1d(padded, sigma, order=1)[pad:pad + yu.size] * per_decade
-    else:
-        ys = yu
-        s = -np.gradient(yu, 1.0 / per_decade) if yu.size > 1 else np.zeros(1)
-    return 10.0 ** xu, 10.0 ** ys, s
-
-
-def plateaus_in(alpha, eps, *, flat=0.6, drop=1.0, min_span=0.2, smooth=0.05, floor=1e-9) -> PlateauSearch:
-    """Plateaus of a learning curve ``eps(alpha)`` (criterion: ``theory/fixed_points.md``).
-
-    With ``s`` the local decay exponent (:func:`decay_exponent`), a plateau is a stretch with
-    ``s < flat`` that comes after a descent (``s > drop``) and lasts at least ``min_span``
-    decades of alpha; it ends at the last point with ``s < flat`` before ``s`` exceeds ``drop``
-    again (hysteresis: moderate bumps ``flat <= s <= drop`` stay inside the plateau). The
-    stretch before the first descent is the starting error, not a plateau (every smooth curve
-    is flat against ``log alpha`` as alpha -> 0).
-
-    Parameters
-    ----------
-    flat, drop : exponent thresholds, ``0 <= flat < drop``.
-    min_span : least extent of a plateau in decades of alpha.
-    smooth, floor : smoothing width (decades) and convergence floor, see :func:`decay_exponent`.
-    """
-    if not (0 <= flat < drop):
-        raise ValueError(f"flat and drop must satisfy 0 <= flat < drop, got flat={flat!r}, drop={drop!r}")
-    if not (min_span >= 0):
-        raise ValueError(f"min_span must be >= 0 (decades), got {min_span!r}")
-    a, e, s = decay_exponent(alpha, eps, smooth=smooth, floor=floor)
-    criterion = dict(flat=flat, drop=drop, min_span=min_span, smooth=smooth, floor=floor)
+    def at(i):  # alpha at fractional grid index i
+        return float(10 ** np.interp(i, np.arange(x.size), x))
 
     def crossing(i):
-        """alpha where s passes ``flat`` between grid points i and i + 1 (log-interpolated)."""
+        """Fractional index where s passes ``flat`` between grid points i and i + 1."""
         if i < 0 or i + 1 >= s.size or s[i] == s[i + 1]:
-            return float(a[min(max(i, 0), s.size - 1)])
-        f = min(max((flat - s[i]) / (s[i + 1] - s[i]), 0.0), 1.0)
-        return float(a[i] * (a[i + 1] / a[i]) ** f)
+            return float(min(max(i, 0), s.size - 1))
+        return i + min(max((flat - s[i]) / (s[i + 1] - s[i]), 0.0), 1.0)
 
-    def plateau(i0, i1):
+    runs = []
+    for i0, i1 in _runs(s < flat):
+        if runs and le10[runs[-1][1]] - le10[i0] < min_drop:
+            runs[-1] = (runs[-1][0], i1)
+        else:
+            runs.append((i0, i1))
+    last = s.size - 1
+    if runs and runs[0][0] > 0 and le10[0] - le10[runs[0][0]] < min_drop:
+        runs[0] = (0, runs[0][1])  # noise at the first points: still the starting stretch
+    first_run = runs[0] if runs and runs[0][0] == 0 else None
+    if first_run is None:
+        result.onset = float(a[0])
+    elif first_run[1] < last:
+        result.onset = at(crossing(first_run[1]))
+    found = []
+    for i0, i1 in runs:
+        if (i0, i1) == first_run:
+            continue
+        lo, hi = (crossing(i0 - 1), crossing(i1)) if i1 < last else (crossing(i0 - 1), float(last))
+        if math.log10(at(hi) / at(lo)) < min_span - 1e-12:
+            continue
         j = i0 + int(np.argmin(s[i0:i1 + 1]))
-        start, end = crossing(i0 - 1), crossing(i1)
-        return Plateau(start=start, end=end, level=float(e[j]), length=end - start, center=float(a[j]),
-                       slope=float(s[j]))
+        found.append(("final" if i1 == last else "plateau", lo, hi, j))
+    flat_idx = np.zeros(s.size, bool)  # inside the starting stretch, a plateau or the final stretch
+    for i0, i1 in [first_run] if first_run is not None else []:
+        flat_idx[i0:i1 + 1] = True
+    for _, lo, hi, _ in found:
+        flat_idx[int(math.floor(lo)):int(math.ceil(hi)) + 1] = True
+    from scipy.signal import find_peaks, peak_widths  # imported here: scipy is slow to import
 
-    found, state, i0, i1 = [], "start", 0, 0
-    for i, si in enumerate(s):
-        if state == "flat":
-            if si < flat:
-                i1 = i
-            elif si > drop:
-                p = plateau(i0, i1)
-                if p.decades >= min_span:
-                    found.append(p)
-                state = "descent"
-        elif si > drop:
-            state = "descent"
-        elif state == "descent" and si < flat:
-            state, i0, i1 = "flat", i, i
-    final = plateau(i0, i1) if state == "flat" else None
-    if final is not None and final.decades < min_span:
-        final = None
-    steep = np.nonzero(s > drop)[0]
-    onset = math.nan
-    if steep.size:
-        before = np.nonzero(s[:steep[0]] < flat)[0]
-        onset = crossing(before[-1]) if before.size else float(a[0])
-    return PlateauSearch(plateaus=found, final=final, onset=onset, alpha=a, eps=e, exponent=s,
-                         criterion=criterion)
+    dips, props = find_peaks(-s, prominence=max(min_depth, 1e-12))
+    if dips.size:
+        left, right = peak_widths(-s, dips, rel_height=0.5, prominence_data=(
+            props["prominences"], props["left_bases"], props["right_bases"]))[2:]
+        for j, prom, lo, hi in zip(dips, props["prominences"], left, right):
+            if flat_idx[j]:
+                continue
+            if sem is not None and prom < significance * sem[j]:
+                continue
+            if math.log10(at(hi) / at(lo)) < min_width:
+                continue
+            if found and found[-1][0] == "shoulder" and lo <= found[-1][2]:  # one dip seen twice: keep the deeper
+                if s[j] >= s[found[-1][3]]:
+                    continue
+                found.pop()
+            found.append(("shoulder", float(lo), float(hi), int(j)))
+    found.sort(key=lambda f: f[3])
+    bounds = [first_run[1] if first_run is not None else 0] + [f[3] for f in found] + [last]
+    for k, (kind, lo, hi, j) in enumerate(found):
+        peaks = []
+        left = s[bounds[k]:j + 1]
+        right = s[j:bounds[k + 2] + 1]
+        if j > 0 and left.size:
+            peaks.append(float(left.max()))
+        if kind != "final" and right.size:
+            peaks.append(float(right.max()))
+        depth = min(peaks) - float(s[j]) if peaks else math.nan
+        start, end = at(lo), at(hi)
+        p = Plateau(start=start, end=end, level=float(e[j]), length=end - start, center=float(a[j]),
+                    slope=float(s[j]), depth=depth, kind="shoulder" if kind == "shoulder" else "plateau")
+        if kind == "final":
+            result.final = p
+        elif kind == "plateau":
+            result.plateaus.append(p)
+        else:
+            result.shoulders.append(p)
+    return result
+
+
+def plateaus_in(alpha, eps, *, smooth=None, floor=1e-9, **criterion) -> PlateauSearch:
+    """Plateaus and shoulders of a learning curve ``eps(alpha)``: :func:`features_in` of its
+    :func:`local_exponent` (``eps`` of shape (n,) or (replicas, n)); keywords as there."""
+    return features_in(local_exponent(alpha, eps, smooth=smooth, floor=floor), **criterion)
 
 
 def find_plateaus(traj: Trajectory, smooth=None, **criterion) -> PlateauSearch:
-    """Plateaus of ``traj.eps_g`` (replica mean for a simulation); keywords as :func:`plateaus_in`.
+    """Plateaus and shoulders of ``traj.eps_g`` (replica mean for a simulation, with its standard
+    error); keywords as :func:`features_in`.
 
     ``smooth`` defaults to 0 for an ODE trajectory (no noise; smoothing would only pull the
-    plateau ends ~2 ``smooth`` decades earlier, towards the cliff of the escape) and to 0.05
-    decades otherwise.
+    plateau ends ~2 ``smooth`` decades earlier, towards the cliff of the escape) and to
+    :data:`SIM_SMOOTH` decades otherwise.
     """
-    if smooth is None:
-        smooth = 0.0 if traj.kind == "ode" else 0.05
-    return plateaus_in(traj.alpha, _single(traj).eps_g, smooth=smooth, **criterion)
+    return features_in(local_exponent(traj, smooth=smooth), **criterion)
 
 
 # --------------------------------------------------------------------------------------
@@ -263,9 +449,10 @@ def normalized_overlaps(traj: Trajectory, replica=None) -> np.ndarray:
 
 @dataclass
 class Specialization:
-    """Who learns whom, and when (:func:`specialization`).
+    """Who learns whom, when, and how (:func:`specialization`; criterion: ``theory/fixed_points.md`` §2).
 
-    alpha : (n,) times. overlaps : (n, K, M) normalised overlaps ``r_in = R_in / sqrt(Q_ii T_nn)``.
+    alpha : (n,) times. overlaps : (n, K, M) normalised overlaps ``r_in = R_in / sqrt(Q_ii T_nn)``
+        (for a replica mean: the mean over replicas with the student nodes aligned).
     index : (n, K) specialization index: largest minus second-largest normalised overlap of each
         student node (its largest overlap when M = 1).
     best : (n, K) best-matching teacher node of each student node.
@@ -273,14 +460,23 @@ class Specialization:
         (-1 for student nodes left over when K > M).
     alpha_specialized : (K,) alpha at which ``index`` last rises through ``threshold`` (NaN: it
         does not, e.g. when teacher nodes are nearly collinear, as for a mode teacher with p < M).
-    progress : (n, K) how far each node has come from its initial overlaps to those of its
-        matched teacher node, ``1 - |r_i - tau_m| / |r_i(0) - tau_m|`` with
-        ``tau_mn = T_mn / sqrt(T_mm T_nn)``: overlaps shared with every teacher node (the
-        unspecialized, symmetric phase) do not count as progress.
+    progress : (n, K) the specialization measure: how far each node has come from its initial
+        overlaps to those of its matched teacher node, **with the part shared by all teacher nodes
+        removed**: ``1 - |P (r_i - tau_m)| / |P (r_i(0) - tau_m)|``, ``P`` the projection off the
+        all-ones direction over teacher nodes, ``tau_mn = T_mn / sqrt(T_mm T_nn)``. Overlaps gained
+        with every teacher node alike (the symmetric phase) leave it unchanged, so it does not move
+        while the student sits on a symmetric fixed point; 1 at the teacher.
+    sem : (n, K) standard error of ``progress`` over replicas (replica mean), else None.
+    onset, end : (K,) alpha at which ``progress`` last rises through ``levels[0]`` and ``levels[1]``.
     alpha_half : (K,) alpha at which ``progress`` last rises through 1/2.
-    width : (K,) decades of alpha over which ``progress`` last rises from 0.2 to 0.8: a fraction of
-        a decade for a sudden (classic) transition, a decade or more for a continuous one.
+    width : (K,) ``log10(end / onset)``, decades.
+    node_kind : (K,) "sudden" (width <= ``sudden``), "continuous", or "none" (the node starts at its
+        teacher node, or does not get there within the run).
+    kind : "sudden" when every node that specializes does so within ``sudden`` decades and all of
+        them within ``together`` decades of each other (spread of ``alpha_half``); "continuous"
+        when some node that specializes does not; "none" when no node specializes.
     order : (K,) student nodes by ``alpha_half`` (nodes that never get there last).
+    replicas : number of replicas averaged (1: an ODE or one replica).
     """
 
     alpha: np.ndarray
@@ -294,6 +490,13 @@ class Specialization:
     width: np.ndarray
     order: np.ndarray
     threshold: float
+    onset: np.ndarray = None
+    end: np.ndarray = None
+    node_kind: np.ndarray = None
+    kind: str = "none"
+    sem: np.ndarray | None = None
+    replicas: int = 1
+    criterion: dict = field(default_factory=dict)
 
     @property
     def spread(self) -> float:
@@ -301,48 +504,129 @@ class Specialization:
         a = self.alpha_half[np.isfinite(self.alpha_half)]
         return float(np.log10(a.max() / a.min())) if a.size and a.min() > 0 else math.nan
 
+    def summary(self) -> str:
+        """One line: the kind, the widths and the spread."""
+        w = ", ".join("-" if not np.isfinite(x) else f"{x:.2f}" for x in self.width)
+        return (f"{self.kind} specialization: widths [{w}] decades, spread {self.spread:.2f} decades "
+                f"(nodes: {', '.join(self.node_kind)})")
 
-def specialization(traj: Trajectory, threshold=0.5, replica=0) -> Specialization:
-    """Specialization of each student node: best teacher, index, matching, progress, times, order.
+
+#: Criterion of :func:`specialization` (``theory/fixed_points.md`` §2): progress levels of onset and end,
+#: the widest sudden transition and the widest spread of a joint one (decades), and the initial
+#: distance below which a node counts as starting at its teacher node.
+SPEC_LEVELS, SUDDEN, TOGETHER, AT_TEACHER = (0.2, 0.8), 0.5, 0.5, 1e-3
+
+
+def _node_progress(r, tau, rows, cols):
+    """Progress of matched nodes (n, len(rows)) and the initial distances, symmetric part removed."""
+    diff = r[:, rows, :] - tau[cols][None]
+    diff = diff - diff.mean(axis=-1, keepdims=True)  # projection off the all-ones direction
+    dist = np.linalg.norm(diff, axis=-1)
+    return 1.0 - _ratio(dist, np.broadcast_to(dist[0], dist.shape)), dist[0]
+
+
+def _matching(r_end, tau):
+    from scipy.optimize import linear_sum_assignment  # imported here: scipy is slow to import
+
+    cost = np.sum((r_end[:, None, :] - tau[None, :, :]) ** 2, axis=-1)
+    rows, cols = linear_sum_assignment(cost)
+    return rows, cols
+
+
+def specialization(traj: Trajectory, threshold=0.5, replica=None, *, levels=SPEC_LEVELS, sudden=SUDDEN,
+                   together=TOGETHER) -> Specialization:
+    """Specialization of each student node: matching, progress, onset, end, width and the kind.
 
     The matching minimises ``sum_i |r_i(end) - tau_m(i)|^2`` (``scipy.optimize.linear_sum_assignment``;
     for orthonormal teachers the same as maximising the summed overlaps).
 
     Parameters
     ----------
-    threshold : index value that counts as specialized, in (0, 1].
-    replica : which replica of a simulation (node labels differ between replicas, so they are
-        analysed one at a time, never averaged; ignored for an ODE trajectory).
+    threshold : index value that counts as specialized, in (0, 1] (``alpha_specialized``).
+    replica : for a simulation, one replica (an integer), or None for the **replica mean**: the
+        nodes of every replica are matched on their own, aligned on replica 0's labels, and the
+        progress averaged (with its standard error); node labels differ between replicas, so the
+        raw replica mean of ``R`` would wash the specialization out. Ignored for an ODE.
+    levels, sudden, together : the criterion of the kind (module constants ``SPEC_LEVELS``,
+        ``SUDDEN``, ``TOGETHER``).
     """
     if not (0 < threshold <= 1):
         raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-    r = normalized_overlaps(traj, replica)
-    K = r.shape[1]
-    ranked = np.sort(r, axis=-1)
-    index = ranked[..., -1] - ranked[..., -2] if r.shape[-1] > 1 else ranked[..., -1]  # largest - second
+    lo_level, hi_level = levels
+    if not (0 < lo_level < 0.5 < hi_level < 1):
+        raise ValueError(f"levels must satisfy 0 < low < 1/2 < high < 1, got {levels!r}")
+    if not (sudden > 0 and together > 0):
+        raise ValueError(f"sudden and together must be > 0 decades, got {sudden!r}, {together!r}")
     d = np.sqrt(np.diag(traj.T))
     tau = traj.T / np.outer(d, d)  # overlaps of a student node equal to teacher node m: row m
-    cost = np.sum((r[-1][:, None, :] - tau[None, :, :]) ** 2, axis=-1)
-    from scipy.optimize import linear_sum_assignment  # imported here: scipy is slow to import
-
-    rows, cols = linear_sum_assignment(cost)
+    if traj.eps_g.ndim == 2 and replica is None:
+        keep = np.ones(traj.replicas, bool) if traj.diverged is None else ~np.asarray(traj.diverged, bool)
+        reps = [traj.replica(int(k)) for k in np.nonzero(keep)[0]]
+        if not reps:
+            raise ValueError("every replica diverged: no specialization to measure")
+    else:
+        reps = [_single(traj, 0 if replica is None else replica)]
+    K = reps[0].K
+    ref_rows = ref_cols = None
+    overlaps, progs, d0s = [], [], []
+    for t in reps:
+        r = normalized_overlaps(t)
+        rows, cols = _matching(r[-1], tau)
+        if ref_rows is None:
+            ref_rows, ref_cols = rows, cols
+            perm = np.arange(K)
+        else:  # node i of this replica is the one matched to the teacher node that node i of replica 0 matches
+            by_teacher = dict(zip(cols, rows))
+            used = [by_teacher[c] for c in ref_cols]
+            rest = [i for i in range(K) if i not in used]
+            perm = np.empty(K, int)
+            perm[ref_rows] = used
+            perm[[i for i in range(K) if i not in ref_rows]] = rest
+        r = r[:, perm, :]
+        prog = np.full(r.shape[:2], math.nan)
+        d0 = np.full(K, math.nan)
+        if r.shape[-1] > 1:
+            prog[:, ref_rows], d0[ref_rows] = _node_progress(r, tau, ref_rows, ref_cols)
+        overlaps.append(r)
+        progs.append(prog)
+        d0s.append(d0)
+    r = np.mean(overlaps, axis=0)
+    progress = np.mean(progs, axis=0)
+    sem = None
+    if len(progs) > 1:
+        sem = np.std(progs, axis=0, ddof=1) / math.sqrt(len(progs))
+    d0 = np.mean(d0s, axis=0)
     matching = np.full(K, -1)
-    matching[rows] = cols
-    progress = np.full(r.shape[:2], math.nan)
-    dist = np.linalg.norm(r[:, rows, :] - tau[cols][None], axis=-1)
-    progress[:, rows] = 1.0 - _ratio(dist, np.broadcast_to(dist[0], dist.shape))
+    matching[ref_rows] = ref_cols
+    ranked = np.sort(r, axis=-1)
+    index = ranked[..., -1] - ranked[..., -2] if r.shape[-1] > 1 else ranked[..., -1]  # largest - second
     a = traj.alpha
     when = np.array([_last_crossing(a, index[:, i], threshold) for i in range(K)])
-    half = np.full(K, math.nan)
-    width = np.full(K, math.nan)
-    for i in rows[dist[0] > 0]:
+    half, onset, end, width = (np.full(K, math.nan) for _ in range(4))
+    node_kind = np.array(["none"] * K, dtype=object)
+    scale = np.linalg.norm(tau - tau.mean(axis=-1, keepdims=True), axis=-1)  # |P tau_m|
+    for i, m in zip(ref_rows, ref_cols):
+        if not d0[i] > AT_TEACHER * max(scale[m], 1e-300):
+            continue  # starts at its teacher node: nothing to specialize
         half[i] = _last_crossing(a, progress[:, i], 0.5)
-        lo, hi = _last_crossing(a, progress[:, i], 0.2), _last_crossing(a, progress[:, i], 0.8)
-        if np.isfinite(hi) and lo > 0:
-            width[i] = math.log10(hi / lo)
-    return Specialization(alpha=a, overlaps=r, index=index, best=np.argmax(r, axis=-1), matching=matching,
+        onset[i] = _last_crossing(a, progress[:, i], lo_level)
+        end[i] = _last_crossing(a, progress[:, i], hi_level)
+        if np.isfinite(end[i]) and onset[i] > 0:
+            width[i] = math.log10(end[i] / onset[i])
+            node_kind[i] = "sudden" if width[i] <= sudden else "continuous"
+    spec = Specialization(alpha=a, overlaps=r, index=index, best=np.argmax(r, axis=-1), matching=matching,
                           alpha_specialized=when, progress=progress, alpha_half=half, width=width,
-                          order=np.argsort(half, kind="stable"), threshold=float(threshold))
+                          order=np.argsort(half, kind="stable"), threshold=float(threshold), onset=onset, end=end,
+                          node_kind=node_kind, sem=sem, replicas=len(reps),
+                          criterion=dict(levels=tuple(levels), sudden=sudden, together=together))
+    done = node_kind != "none"
+    if not done.any():
+        spec.kind = "none"
+    elif np.all(width[done] <= sudden) and not (spec.spread > together):
+        spec.kind = "sudden"
+    else:
+        spec.kind = "continuous"
+    return spec
 
 
 # --------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def piecewise_curve(segments, x0=-2.0, x1=6.0, per_decade=60, eps0=1.0):
     return 10**x, 10**y
 
 
-TWO_PLATEAUS = [(0.0, 0.0), (1.0, 2.0), (2.0, 0.1), (2.5, 2.0), (3.5, 0.2), (6.0, 2.0)]
+TWO_PLATEAUS = [(0.0, 0.0), (1.0, 2.0), (2.0, 0.05), (2.5, 2.0), (3.5, 0.0), (6.0, 2.0)]  # exponents << flat
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.05])
@@ -68,6 +68,63 @@ def test_synthetic_plateaus_recovered(noise):
         assert p.start <= p.center <= p.end
     # the level is the error on the flat stretch
     assert found[0].level == pytest.approx(eps[np.searchsorted(alpha, 30.0)], rel=0.3)
+    assert not found.shoulders and all(p.kind == "plateau" and p.depth > 1.5 for p in found)
+
+
+def test_tilted_stretch_is_a_shoulder_not_a_plateau():
+    """A stretch with exponent 0.2-0.5 between steep descents is a shoulder (exponent dips, stays > 0)."""
+    for tilt in (0.2, 0.5):
+        alpha, eps = piecewise_curve([(0.0, 0.0), (1.0, 2.0), (2.0, 0.1), (2.5, 2.0), (3.5, tilt), (6.0, 2.0)])
+        found = an.plateaus_in(alpha, eps)
+        assert len(found) == 1 and len(found.shoulders) == 1 and found.stages == 3
+        sh = found.shoulders[0]
+        assert sh.kind == "shoulder" and sh.slope == pytest.approx(tilt, abs=0.05)
+        assert sh.depth == pytest.approx(2.0 - tilt, abs=0.1)
+        assert abs(math.log10(sh.center) - 3.0) < 0.5 and sh.start < sh.center < sh.end
+        assert [f.kind for f in found.features] == ["plateau", "shoulder"]
+        assert "1 shoulder(s)" in found.summary()
+
+
+def test_gently_entered_plateau_is_found():
+    """Entry by a fall of only 6x, the exponent never above 0.8 on the way (issue 11)."""
+    a = np.geomspace(1e-2, 1e4, 600)
+    found = an.plateaus_in(a, 1e-3 * (1 + 5 * np.exp(-a)) / (1 + np.exp((a - 300) / 20)) + 1e-9)
+    assert len(found) == 1
+    assert 3 < found[0].start < 8 and 150 < found[0].end < 260
+    assert found[0].level == pytest.approx(1e-3, rel=0.01)
+
+
+def test_power_law_half_is_not_flat():
+    """eps ~ alpha^-0.5 (and an informed student relaxing like it) has no plateau (issue 11)."""
+    a = np.geomspace(1e-2, 1e5, 400)
+    assert len(an.plateaus_in(a, a**-0.5)) == 0
+    teacher = om.Teacher.orthonormal(1000, 2, seed=0)
+    student = om.Student.full(1000, 2, init="informed", teacher=teacher, overlap=0.9, seed=1)
+    found = an.find_plateaus(om.integrate(student, teacher, eta=0.5, alpha_max=1e4))
+    assert len(found) == 0  # the dip of its exponent to 0.66 is a shoulder
+    assert len(found.shoulders) == 1 and 0.5 < found.shoulders[0].slope < 0.8
+
+
+def test_local_exponent_standard_error():
+    """Jackknife standard error over replicas: about noise / sqrt(replicas) times the smoothing's gain."""
+    alpha = np.geomspace(1e-2, 1e4, 300)
+    rng = np.random.default_rng(1)
+    eps = alpha**-1.0 * np.exp(0.05 * rng.standard_normal((16, alpha.size)))
+    le = an.local_exponent(alpha, eps, smooth=0.1)
+    assert le.replicas == 16 and le.sem is not None and le.sem.shape == le.exponent.shape
+    inner = slice(50, -50)
+    z = (le.exponent[inner] - 1.0) / le.sem[inner]
+    assert 0.5 < np.std(z) < 1.6 and abs(np.mean(z)) < 1.0
+    # the standard error matches the scatter of independent estimates
+    others = [an.local_exponent(alpha, alpha**-1.0 * np.exp(0.05 * rng.standard_normal((16, alpha.size))),
+                                smooth=0.1).exponent[inner] for _ in range(20)]
+    assert np.median(le.sem[inner]) == pytest.approx(np.median(np.std(others, axis=0)), rel=0.35)
+    auto = an.local_exponent(alpha, eps)  # "auto": the least smoothing with median sem <= SEM_TARGET
+    assert np.median(auto.sem) <= an.SEM_TARGET and auto.smooth in an.AUTO_WIDTHS
+    one = an.local_exponent(alpha, eps[0])
+    assert one.sem is None and one.smooth == 0.05
+    with pytest.raises(ValueError, match="auto"):
+        an.local_exponent(alpha, eps[0], smooth="auto")
 
 
 @pytest.mark.parametrize("curve", [
@@ -75,14 +132,24 @@ def test_synthetic_plateaus_recovered(noise):
     lambda a: (1 + a / 10) ** -0.5,
     lambda a: (1 + a / 100) ** -2.0,
     lambda a: np.exp(-a / 100),
-    lambda a: 3e-2 * np.exp(-a / 5) + 1e-3 * np.exp(-a / 60),
 ])
 @pytest.mark.parametrize("noise", [0.0, 0.05])
 def test_no_plateau_on_smooth_decay(curve, noise):
     alpha = np.geomspace(1e-2, 1e5, 500)
     eps = curve(alpha) * np.exp(noise * np.random.default_rng(4).standard_normal(alpha.size))
     found = an.plateaus_in(alpha, eps)
-    assert len(found) == 0 and found.stages == 1
+    assert len(found) == 0 and not found.shoulders and found.stages == 1
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.05])
+def test_sum_of_separated_exponentials_has_a_shoulder(noise):
+    """Rates 12x apart: the exponent rises, dips to ~0.9 when the slow term takes over, rises again."""
+    alpha = np.geomspace(1e-2, 1e5, 500)
+    eps = (3e-2 * np.exp(-alpha / 5) + 1e-3 * np.exp(-alpha / 60)) * np.exp(
+        noise * np.random.default_rng(4).standard_normal(alpha.size))
+    found = an.plateaus_in(alpha, eps)
+    assert len(found) == 0 and len(found.shoulders) == 1 and found.stages == 2
+    assert 20 < found.shoulders[0].center < 100
 
 
 def test_final_flat_stretch_is_not_a_plateau():
@@ -98,8 +165,10 @@ def test_short_flat_stretch_and_thresholds():
     assert len(an.plateaus_in(alpha, eps, smooth=0.01)) == 0  # 0.1 decades < min_span
     assert len(an.plateaus_in(alpha, eps, smooth=0.01, min_span=0.05)) == 1
     alpha, eps = piecewise_curve([(0.0, 0.0), (1.0, 2.0), (2.0, 0.5), (4.0, 2.0)], x1=4.0)
-    assert len(an.plateaus_in(alpha, eps)) == 1
-    assert len(an.plateaus_in(alpha, eps, flat=0.4)) == 0
+    found = an.plateaus_in(alpha, eps)  # exponent 0.5 is not flat: a shoulder
+    assert len(found) == 0 and len(found.shoulders) == 1
+    assert len(an.plateaus_in(alpha, eps, flat=0.6)) == 1
+    assert len(an.plateaus_in(alpha, eps, min_depth=1.6).shoulders) == 0
 
 
 def test_converged_tail_and_grid_handling():
@@ -114,8 +183,8 @@ def test_converged_tail_and_grid_handling():
     assert len(an.plateaus_in(lin, dense)) == 2
 
 
-@pytest.mark.parametrize("kw", [dict(flat=1.0, drop=0.5), dict(flat=-0.1), dict(min_span=-1), dict(smooth=-1),
-                                dict(floor=1.0)])
+@pytest.mark.parametrize("kw", [dict(flat=-0.1), dict(min_span=-1), dict(min_drop=-1), dict(min_depth=math.nan),
+                                dict(min_width=-1), dict(smooth=-1), dict(floor=1.0)])
 def test_plateau_criterion_errors(kw):
     alpha, eps = piecewise_curve(TWO_PLATEAUS)
     with pytest.raises(ValueError, match=next(iter(kw))):
@@ -141,13 +210,15 @@ def test_classic_has_one_symmetric_plateau(classic, saddle):
     assert p.slope < 0.01
 
 
-def test_mode_setting_has_successive_plateaus(modes):
+def test_mode_setting_has_successive_shoulders(modes):
+    """The published mode run's stages are shoulders: the exponent dips to ~0.3, never to 0 (issue 11)."""
     traj, _, _ = modes
     found = an.find_plateaus(traj)
-    assert len(found) == 2 and found.stages == 3
-    assert found[0].end < found[1].start
-    assert found[0].level > found[1].level
-    assert 200 < found[0].start < 500 and 3000 < found[1].start < 1e4
+    assert len(found) == 0 and len(found.shoulders) == 2 and found.stages == 3
+    first, second = found.shoulders
+    assert first.end < second.start and first.level > second.level
+    assert 100 < first.center < 1000 and 3000 < second.center < 3e4
+    assert all(0.2 < f.slope < 0.45 and f.depth > 1.0 for f in found.shoulders)
 
 
 def test_find_plateaus_on_simulation_uses_replica_mean(classic):
@@ -157,7 +228,7 @@ def test_find_plateaus_on_simulation_uses_replica_mean(classic):
     sim = replace(traj, kind="sgd", eps_g=traj.eps_g * np.exp(0.03 * rng.standard_normal((6, traj.alpha.size))),
                   Q=reps(traj.Q), R=reps(traj.R), v=reps(traj.v))
     found = an.find_plateaus(sim)
-    assert len(found) == 1
+    assert len(found) == 1 and not found.shoulders and found.sem is not None
     assert found[0].level == pytest.approx(an.find_plateaus(traj)[0].level, rel=0.05)
 
 
@@ -240,10 +311,10 @@ def test_mode_picture_explains_the_stages(modes):
     assert np.all(np.diff(pic.learned_at) > 0)
     np.testing.assert_array_less(0.95, pic.overlap[-1])
     found = an.find_plateaus(traj)
-    # each plateau waits for the directions still unlearned during it
-    assert [list(u) for u in pic.attribute(found)] == [[1, 2], [2]]
-    for p, k in zip(found, [1, 2]):
-        assert p.end < pic.learned_at[k]
+    # each shoulder waits for the directions still unlearned during it
+    assert [list(u) for u in pic.attribute(found.shoulders)] == [[1, 2], [2]]
+    for p, k in zip(found.shoulders, [1, 2]):
+        assert p.center < pic.learned_at[k]
     # the residual error along u_k shrinks by orders of magnitude
     assert np.all(pic.residual[-1] < 0.05 * pic.residual[0])
     # lam is not trained: constant, ranked by |lam|; learned modes end on the teacher's modes
@@ -322,7 +393,7 @@ def test_mode_plateaus_are_not_saddles(modes):
     """No plateau of the mode setting sits at a saddle: the first has no fixed point near, the
     second is the slow relaxation into the stable global minimum."""
     traj, system, _ = modes
-    found = an.find_plateaus(traj)
+    found = an.find_plateaus(traj).shoulders
     first, second = om.plateau_fixed_points(traj, system, found)
     assert first is None
     assert second is not None and second.kind == "stable" and second.residual < 1e-10

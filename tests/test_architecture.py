@@ -16,6 +16,7 @@ LAYERS = {
     "ode": 3, "sgd": 3, "modenet.online": 3,
     "trajectory": 0,  # a leaf: imported by the engines to build their result
     "atomic": 5, "storage": 5, "scan_store": 5, "analysis": 5, "plotting": 5, "recipes": 5, "scan": 5,
+    "stages": 5,
     "modenet": 2, "modenet.io": 5, "modenet.analysis": 5, "modenet.mnist_data": 5, "modenet.experiments": 5,
     "cli": 6, "modenet.cli": 6, "__main__": 6, "__init__": 7, "modenet.__init__": 7,
 }
