@@ -141,3 +141,103 @@ def piecewise_power_law(tau, max_breaks=2, n_boot=100, min_points=3, seed=0):
     return PowerLawFit(breaks=np.exp(c), breaks_err=np.exp(c) * sd(boots_c) if k else np.zeros(0),
                        slopes=np.cumsum(coef[1:]), slopes_err=sd(boots_s), intercept=float(coef[0]),
                        rss=rss, bic=float(bic))
+
+
+# --- the least number of modes against width ------------------------------------------------
+def crossing(ps, acc, target):
+    """The least p at which the accuracy curve ``acc(ps)`` reaches ``target``, interpolated
+    linearly in ln p between the last grid point below and the first at or above the target.
+
+    Returns ``ps[0]`` when the first point already reaches it (p_min <= ps[0]: censored below)
+    and NaN when no point does (p_min > ps[-1]: censored above).
+    """
+    ps, acc = np.asarray(ps, float), np.asarray(acc, float)
+    if ps.ndim != 1 or ps.shape != acc.shape or len(ps) < 1 or np.any(np.diff(ps) <= 0) or np.any(ps <= 0):
+        raise ValueError("ps must be increasing positive values and acc one accuracy per p")
+    hit = np.flatnonzero(acc >= target)
+    if hit.size == 0:
+        return np.nan
+    j = hit[0]
+    if j == 0:
+        return float(ps[0])
+    a0, a1 = acc[j - 1], acc[j]
+    t = (target - a0) / (a1 - a0)  # a1 >= target > a0
+    return float(np.exp(np.log(ps[j - 1]) + t * (np.log(ps[j]) - np.log(ps[j - 1]))))
+
+
+@dataclass
+class LawFit:
+    """A law ``p_min(N)`` fitted by weighted least squares.
+
+    Attributes
+    ----------
+    name : "ln N", "ln N then constant" or "power law".
+    params : fitted parameters (a, b), (a, b, N_c) or (a, b) of the formula in ``formula``.
+    formula : the law in words.
+    chi2 : weighted residual sum of squares, sum ((p - f(N)) / sd)^2.
+    k : number of parameters; aic = chi2 + 2k; bic = chi2 + k ln n.
+    """
+
+    name: str
+    params: tuple
+    formula: str
+    chi2: float
+    k: int
+    n: int
+    aic: float
+    bic: float
+
+    def __call__(self, N):
+        return _LAWS[self.name][0](np.asarray(N, float), *self.params)
+
+
+def _ln(N, a, b):
+    return a + b * np.log(N)
+
+
+def _ln_const(N, a, b, Nc):
+    return a + b * np.log(np.minimum(N, Nc))
+
+
+def _power(N, a, b):
+    return a * N**b
+
+
+_LAWS = {"ln N": (_ln, "p = a + b ln N"), "ln N then constant": (_ln_const, "p = a + b ln min(N, N_c)"),
+         "power law": (_power, "p = a N^b")}
+
+
+def compare_laws(N, p, sd):
+    """Fit the three laws of ``p_min`` against width (ln N; ln N then constant beyond N_c; a power
+    law) to points ``p`` with standard deviations ``sd`` (weights 1/sd^2) and return the
+    :class:`LawFit` of each, sorted by AIC (best first). Points with non-finite p or sd are left out."""
+    from scipy.optimize import curve_fit
+    N, p, sd = (np.asarray(a, float) for a in (N, p, sd))
+    ok = np.isfinite(p) & np.isfinite(sd) & (sd > 0)
+    N, p, sd = N[ok], p[ok], sd[ok]
+    n = len(N)
+    if n < 4:
+        raise ValueError(f"compare_laws needs at least 4 points with finite p and sd > 0, got {n}")
+    fits = []
+    x = np.log(N)
+    starts = {"ln N": [(p.mean(), 0.0)], "power law": [(max(p.mean(), 1e-3), 0.1)],
+              "ln N then constant": [(p[0], (p[-1] - p[0]) / max(np.ptp(x), 1e-9), float(Nc)) for Nc in N[1:-1]]}
+    bounds = {"ln N then constant": ([-np.inf, -np.inf, N.min()], [np.inf, np.inf, N.max()])}
+    for name, (f, formula) in _LAWS.items():
+        best = None
+        for p0 in starts[name]:
+            try:
+                params, _ = curve_fit(f, N, p, p0=p0, sigma=sd, absolute_sigma=True, maxfev=20000,
+                                      **({"bounds": bounds[name]} if name in bounds else {}))
+            except (RuntimeError, ValueError):
+                continue
+            chi2 = float(np.sum(((p - f(N, *params)) / sd) ** 2))
+            if best is None or chi2 < best[0]:
+                best = (chi2, params)
+        if best is None:
+            continue
+        chi2, params = best
+        k = len(params)
+        fits.append(LawFit(name, tuple(float(v) for v in params), formula, chi2, k, n, chi2 + 2 * k,
+                           chi2 + k * np.log(n)))
+    return sorted(fits, key=lambda f: f.aic)
