@@ -41,6 +41,35 @@ def test_explicit_and_gram_agree_in_distribution(case):
             assert ok, (name, z)
 
 
+def _agree(ex, gr, entries):
+    for name, idx in entries:
+        ok, z = two_sample_ok(getattr(ex, name)[(slice(None), -1) + idx], getattr(gr, name)[(slice(None), -1) + idx])
+        assert ok, (name, idx, z)
+
+
+EPS_Q_R = [("eps_g", ()), ("Q", (0, 0)), ("Q", (0, -1)), ("R", (0, 0)), ("R", (-1, -1))]
+
+
+@pytest.mark.slow
+def test_explicit_and_gram_agree_in_distribution_k32():
+    # the Gram chain's factor update at large K (K = M = 32, 64 fields)
+    teacher, student = om.Teacher.orthonormal(100, 32, seed=0), om.Student.full(100, 32, seed=1, scale=0.5)
+    kw = dict(eta=1.0, alpha=[0.0, 1.0, 4.0], replicas=200, seed=3)
+    _agree(om.simulate(student, teacher, method="explicit", **kw), om.simulate(student, teacher, method="gram", **kw),
+           EPS_Q_R)
+
+
+@pytest.mark.parametrize("N", [40, 9])
+def test_explicit_and_gram_agree_with_batch_and_decay(N):
+    # a batch of 3 and weight decay: the rank-3 factor update (N = 40) and, for N < K + M + batch,
+    # the refactored chain (N = 9)
+    teacher = om.Teacher.random(N, 3, seed=0, sigma=0.3)
+    student = om.Student.full(N, 3, seed=1, scale=0.5, batch=3, weight_decay=0.5)
+    kw = dict(eta=1.5, alpha=[0.0, 2.0, 6.0], replicas=300, seed=4)
+    _agree(om.simulate(student, teacher, method="explicit", **kw), om.simulate(student, teacher, method="gram", **kw),
+           EPS_Q_R)
+
+
 def test_gram_detects_a_wrong_chain():
     # the two-sample check has power: a chain whose eta^2 term is 4x too small (a batch of 4) is caught
     teacher, student = CASES["full"]()
@@ -138,3 +167,19 @@ def test_bad_arguments(kwargs, match):
     teacher, student = CASES["full"]()
     with pytest.raises(ValueError, match=match):
         om.simulate(student, teacher, **kwargs)
+
+
+@pytest.mark.parametrize("r,b", [(1, 1), (5, 1), (6, 3), (32, 2)])
+def test_triangular_factor_update_is_exact(r, b):
+    # [R; 0] + sum_s e_s d_s^T, reduced by Givens rotations: the new R keeps the Gram matrix, R'^T R' = X^T X
+    from onlinemdl.sgd.kernels import _triangular_update
+    rng = np.random.default_rng(r + b)
+    R = np.zeros((r + b, r))
+    R[:r] = np.triu(rng.standard_normal((r, r)))
+    R[1, :] = 0.0  # a semidefinite factor (a zero row) is handled as well
+    E, D = rng.standard_normal((b, r + b)), rng.standard_normal((b, r))
+    X = R + E.T @ D
+    for s in range(b):
+        _triangular_update(R, E, s, D[s])
+    assert np.all(R[r:] == 0.0) and np.allclose(R[:r], np.triu(R[:r]), rtol=0, atol=0)
+    np.testing.assert_allclose(R.T @ R, X.T @ X, rtol=1e-12, atol=1e-12 * np.abs(X.T @ X).max())

@@ -32,26 +32,45 @@ from ..gaussian import dg, g
 # One SGD step's gradient coefficients, shared by both methods
 # --------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
-def _backprop(s, u, C, v, vt, sigma, zeta, act, h, delta, d):
-    """Fill ``h = C s``, ``delta_i = v_i g'(h_i) err`` and ``d = C^T delta``; return err."""
+def _backprop(s, u, C, ident, v, vt, sigma, zeta, act, h, delta, d):
+    """Fill ``h = C s``, ``delta_i = v_i g'(h_i) err`` and ``d = C^T delta``; return err.
+    ``ident``: C is the identity (full-weight student), h = s and d = delta."""
     K, r = C.shape
     err = -sigma * zeta
     for i in range(K):
-        acc = 0.0
-        for a in range(r):
-            acc += C[i, a] * s[a]
+        if ident:
+            acc = s[i]
+        else:
+            acc = 0.0
+            for a in range(r):
+                acc += C[i, a] * s[a]
         h[i] = acc
         err += v[i] * g(acc, act)
     for n in range(u.shape[0]):
         err -= vt[n] * g(u[n], act)
     for i in range(K):
         delta[i] = v[i] * dg(h[i], act) * err
+    if ident:
+        d[:] = delta
+        return err
     for a in range(r):
         acc = 0.0
         for i in range(K):
             acc += C[i, a] * delta[i]
         d[a] = acc
     return err
+
+
+@njit(cache=True, nogil=True)
+def _is_identity(C, flags):
+    """Whether C = A diag(lam) is the identity and stays so (lam and A not trained)."""
+    if flags[TRAIN_LAM] or flags[TRAIN_A] or C.shape[0] != C.shape[1]:
+        return False
+    for i in range(C.shape[0]):
+        for a in range(C.shape[1]):
+            if C[i, a] != (1.0 if i == a else 0.0):
+                return False
+    return True
 
 
 @njit(cache=True, nogil=True)
@@ -173,6 +192,7 @@ def explicit_replica(Wt, B, A, lam, v, vt, rates, flags, record, max_q, Xtest, r
     M = B.shape[0]
     rs = 1.0 / math.sqrt(N)
     C, h, delta, gl, gA, gv = _factor_workspace(A, lam)
+    ident = _is_identity(C, flags)
     Xnew = np.empty((batch, N))
     Xold = np.zeros((batch, N))
     S = np.empty((batch, r))
@@ -194,7 +214,7 @@ def explicit_replica(Wt, B, A, lam, v, vt, rates, flags, record, max_q, Xtest, r
                 for n in range(M):
                     U[b, n] *= rs
                 zeta = rng.standard_normal() if sigma > 0.0 else 0.0
-                err = _backprop(S[b], U[b], C, v, vt, sigma, zeta, act, h, delta, coef[b])
+                err = _backprop(S[b], U[b], C, ident, v, vt, sigma, zeta, act, h, delta, coef[b])
                 if not math.isfinite(err):
                     return step
                 _accumulate_factor_gradients(A, lam, S[b], h, delta, err, flags, gl, gA, gv)
@@ -296,8 +316,82 @@ def _semidefinite_cholesky(G, L, tol, start):
 def gram_replica(Gfull, N, A, lam, v, vt, rates, flags, record, max_q, rng, out):
     """Run one replica of the exact reduced chain on ``Gfull = [[T, S^T], [S, G]]``.
 
+    The chain is carried by a factor ``F = [[F_T, 0], [F_S, R^T]]`` of ``Gfull`` (``F F^T = Gfull``,
+    ``R`` upper triangular): the fields are ``f = F z`` with ``z ~ N(0, I_{K+M})``, and one step
+    changes ``F_S`` by a rank-``batch`` term and ``R`` by a rank-``batch`` term plus ``batch`` new
+    columns, restored to triangular form by Givens rotations in O((K+M)^2) (theory/online_dynamics.md
+    §6). For ``N < K + M + batch`` the Gram matrix is refactored every step instead.
+
     Returns the step at which the replica diverged, or -1.
     """
+    if N < Gfull.shape[0] + flags[BATCH]:
+        return _gram_refactor_replica(Gfull, N, A, lam, v, vt, rates, flags, record, max_q, rng, out)
+    return _gram_factor_replica(Gfull, N, A, lam, v, vt, rates, flags, record, max_q, rng, out)
+
+
+@njit(cache=True, nogil=True)
+def _givens(a, b):
+    """(c, s, t) with c a + s b = t = hypot(a, b) and -s a + c b = 0; (1, 0, a) when b = 0."""
+    if b == 0.0:
+        return 1.0, 0.0, a
+    t = math.sqrt(a * a + b * b)
+    return a / t, b / t, t
+
+
+@njit(cache=True, nogil=True)
+def _rotate_rows(X, i, k, c, s, j0):
+    """Rows i, k of X from column j0 on: (x_i, x_k) <- (c x_i + s x_k, c x_k - s x_i)."""
+    for j in range(j0, X.shape[1]):
+        a, b = X[i, j], X[k, j]
+        X[i, j] = c * a + s * b
+        X[k, j] = c * b - s * a
+
+
+@njit(cache=True, nogil=True)
+def _triangular_update(R, E, q, d):
+    """Left-orthogonal update: ``[R; 0] + E[q] d^T`` (R upper triangular r x r on top of an
+    (r + b) x r buffer whose rows below r are zero) back to ``[R'; 0]`` with R'^T R' equal to the
+    updated matrix's Gram matrix, in O(r^2) Givens rotations (Golub & Van Loan, §12.5.1). The
+    same rotations are applied to the later vectors ``E[q + 1:]`` (the rest of the batch)."""
+    rows, r = R.shape
+    e = E[q]
+    nb = E.shape[0]
+    # fold e onto its first entry, bottom up; R becomes upper Hessenberg
+    for k in range(rows - 2, -1, -1):
+        c, s, t = _givens(e[k], e[k + 1])
+        if s == 0.0:
+            continue
+        e[k] = t
+        e[k + 1] = 0.0
+        for p in range(q + 1, nb):
+            a, b = E[p, k], E[p, k + 1]
+            E[p, k] = c * a + s * b
+            E[p, k + 1] = c * b - s * a
+        if k < r:
+            _rotate_rows(R, k, k + 1, c, s, k)
+    e0 = e[0]
+    e[0] = 0.0
+    if e0 == 0.0:
+        return
+    for j in range(r):
+        R[0, j] += e0 * d[j]
+    # back to triangular: zero the subdiagonal top down
+    for k in range(r):
+        c, s, t = _givens(R[k, k], R[k + 1, k])
+        if s == 0.0:
+            continue
+        R[k, k] = t
+        R[k + 1, k] = 0.0
+        _rotate_rows(R, k, k + 1, c, s, k + 1)
+        for p in range(q + 1, nb):
+            a, b = E[p, k], E[p, k + 1]
+            E[p, k] = c * a + s * b
+            E[p, k + 1] = c * b - s * a
+
+
+@njit(cache=True, nogil=True)
+def _gram_factor_replica(Gfull, N, A, lam, v, vt, rates, flags, record, max_q, rng, out):
+    """:func:`gram_replica` on the factor (needs ``N >= K + M + batch``)."""
     out_G, out_S, out_A, out_lam, out_v, _ = out
     eta, sigma, wd = rates[ETA], rates[SIGMA], rates[DECAY]
     train_w, act, batch = flags[TRAIN_N], flags[ACT], flags[BATCH]
@@ -305,6 +399,108 @@ def gram_replica(Gfull, N, A, lam, v, vt, rates, flags, record, max_q, rng, out)
     n = Gfull.shape[0]
     r = n - M
     C, h, delta, gl, gA, gv = _factor_workspace(A, lam)
+    ident = _is_identity(C, flags)
+    tol_scale = 0.0
+    for j in range(n):
+        tol_scale = max(tol_scale, Gfull[j, j])
+    L = np.zeros((n, n))
+    _semidefinite_cholesky(Gfull, L, 1e-13 * tol_scale, 0)
+    FTt = L[:M, :M].T.copy()  # teacher block (transposed: axpy order), fixed
+    FSt = L[M:, :M].T.copy()  # trained rows against the teacher directions (transposed)
+    R = np.zeros((r + batch, r))  # R^T: trained rows in their own directions; rows r.. are scratch
+    for a in range(r):
+        for c in range(a, r):
+            R[a, c] = L[M + c, M + a]
+    z = np.empty((batch, n))
+    f = np.empty((batch, n))
+    d = np.empty((batch, r))
+    E = np.empty((batch, r + batch))
+    Wb = np.zeros((batch, batch))
+    rho = 1.0 - eta * wd / N
+    beta = eta / (batch * N)
+    dof = N - n
+    step = 0
+    for o in range(record.size):
+        while step < record[o]:
+            for b in range(batch):
+                for j in range(n):
+                    z[b, j] = rng.standard_normal()
+                f[b, :] = 0.0
+                for j in range(M):  # teacher fields u = F_T z_T, and F_S z_T
+                    zj = z[b, j]
+                    for m in range(j, M):
+                        f[b, m] += FTt[j, m] * zj
+                    for a in range(r):
+                        f[b, M + a] += FSt[j, a] * zj
+                for k in range(r):  # s += R^T z_S
+                    zk = z[b, M + k]
+                    for a in range(k, r):
+                        f[b, M + a] += R[k, a] * zk
+                zeta = rng.standard_normal() if sigma > 0.0 else 0.0
+                s = f[b, M:]
+                err = _backprop(s, f[b, :M], C, ident, v, vt, sigma, zeta, act, h, delta, d[b])
+                if not math.isfinite(err):
+                    return step
+                _accumulate_factor_gradients(A, lam, s, h, delta, err, flags, gl, gA, gv)
+            if train_w:
+                # x_b = Q z_b + x_perp_b with x_perp_b . x_perp_c Wishart(N - K - M) (Bartlett)
+                for b in range(batch):
+                    for c in range(b):
+                        Wb[b, c] = rng.standard_normal()
+                    Wb[b, b] = math.sqrt(rng.chisquare(dof - b))
+                # w_a' = rho w_a - (eta / b) sum_b d_ba x_b / sqrt(N):
+                # F_S' = rho F_S - beta sum_b d_b z_bT^T;  [R'; 0] ~ [rho R; 0] + sum_b (-beta (z_bS, Wb_b)) d_b^T
+                if rho != 1.0:
+                    FSt *= rho
+                    for a in range(r):
+                        for c in range(a, r):
+                            R[a, c] *= rho
+                for b in range(batch):
+                    for j in range(M):
+                        bz = beta * z[b, j]
+                        for a in range(r):
+                            FSt[j, a] -= bz * d[b, a]
+                    for k in range(r):
+                        E[b, k] = -beta * z[b, M + k]
+                    for c in range(batch):
+                        E[b, r + c] = -beta * Wb[b, c]
+                for b in range(batch):
+                    _triangular_update(R, E, b, d[b])
+            _apply_factor_gradients(A, lam, v, C, gl, gA, gv, 1.0 / (N * batch), rates, flags)
+            step += 1
+        for a in range(r):  # G = F_S F_S^T + R^T R, S = F_S F_T^T
+            for c in range(a, r):
+                acc = 0.0
+                for j in range(M):
+                    acc += FSt[j, a] * FSt[j, c]
+                for k in range(a + 1):
+                    acc += R[k, a] * R[k, c]
+                out_G[o, a, c] = out_G[o, c, a] = acc
+            for m in range(M):
+                acc = 0.0
+                for j in range(m + 1):
+                    acc += FSt[j, a] * FTt[j, m]
+                out_S[o, a, m] = acc
+        out_A[o] = A
+        out_lam[o] = lam
+        out_v[o] = v
+        if not _max_q(C, out_G[o]) < max_q:
+            return step
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _gram_refactor_replica(Gfull, N, A, lam, v, vt, rates, flags, record, max_q, rng, out):
+    """:func:`gram_replica` when ``N < K + M + batch``: the chain on the Gram matrix itself,
+    refactored every step (cost ~ (K + M)^3 per step). Returns the divergence step or -1."""
+    out_G, out_S, out_A, out_lam, out_v, _ = out
+    eta, sigma, wd = rates[ETA], rates[SIGMA], rates[DECAY]
+    train_w, act, batch = flags[TRAIN_N], flags[ACT], flags[BATCH]
+    M = vt.size
+    n = Gfull.shape[0]
+    r = n - M
+    C, h, delta, gl, gA, gv = _factor_workspace(A, lam)
+    ident = _is_identity(C, flags)
     L = np.zeros((n, n))
     z = np.empty((batch, n))
     f = np.empty((batch, n))
@@ -331,7 +527,7 @@ def gram_replica(Gfull, N, A, lam, v, vt, rates, flags, record, max_q, rng, out)
                     f[b, i] = acc
                 zeta = rng.standard_normal() if sigma > 0.0 else 0.0
                 s = f[b, M:]
-                err = _backprop(s, f[b, :M], C, v, vt, sigma, zeta, act, h, delta, d[b])
+                err = _backprop(s, f[b, :M], C, ident, v, vt, sigma, zeta, act, h, delta, d[b])
                 if not math.isfinite(err):
                     return step
                 _accumulate_factor_gradients(A, lam, s, h, delta, err, flags, gl, gA, gv)
