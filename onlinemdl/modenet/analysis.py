@@ -10,11 +10,86 @@ returning a matplotlib Figure.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from scipy.linalg import subspace_angles
 
-from .fits import fit_log, piecewise_power_law
+from .fits import ResultMixin, fit_log, piecewise_power_law
 from .train import train_model
+
+
+@dataclass
+class ModesScan(ResultMixin):
+    """Test accuracy against width and modes: N (nN,), p (np,), acc (nN, np, seeds), dense (nN, seeds)."""
+
+    N: np.ndarray
+    p: np.ndarray
+    acc: np.ndarray
+    dense: np.ndarray
+
+
+@dataclass
+class Importance(ResultMixin):
+    """Mode importance of one layer: tau (p,) decreasing, order (p,) the mode indices in that order, gamma."""
+
+    tau: np.ndarray
+    order: np.ndarray
+    gamma: float
+
+
+@dataclass
+class Ablation(ResultMixin):
+    """Accuracy after removing modes, over ks: leading, trailing, random (mean), random_std, keep
+    (only the k leading kept); full is the unpruned accuracy."""
+
+    ks: np.ndarray
+    full: float
+    leading: np.ndarray
+    trailing: np.ndarray
+    random: np.ndarray
+    random_std: np.ndarray
+    keep: np.ndarray
+
+
+@dataclass
+class Compactness(ResultMixin):
+    """Per layer (0 = input): layer, width, participation ratio pr, n_pc PCs for the variance fraction."""
+
+    layer: np.ndarray
+    width: np.ndarray
+    pr: np.ndarray
+    n_pc: np.ndarray
+
+
+@dataclass
+class Disentanglement(ResultMixin):
+    """Per layer (0 = input): mean class-subspace sin^2 D and the pairwise values (L, C, C)."""
+
+    layer: np.ndarray
+    D: np.ndarray
+    pairwise: np.ndarray
+
+
+@dataclass
+class Cost(ResultMixin):
+    """Trainable parameters and median seconds per epoch per kind (dense first), and their ratios to dense."""
+
+    kinds: list
+    params: np.ndarray
+    seconds: np.ndarray
+    params_ratio: np.ndarray
+    seconds_ratio: np.ndarray
+
+
+@dataclass
+class ModeMaps(ResultMixin):
+    """Output over the plane: x (n,), full (n, n), modes (p, n, n), directions (p, 2) or None."""
+
+    x: np.ndarray
+    full: np.ndarray
+    modes: np.ndarray
+    directions: np.ndarray | None = field(default=None)
 
 
 def _figure(nrows=1, ncols=1, size=(5.0, 3.6)):
@@ -28,7 +103,7 @@ def accuracy_vs_modes(data, widths, ps, depth=1, kind="modes", seeds=(0,), progr
     """Test accuracy of networks with ``depth`` hidden layers of width N, for every N in ``widths``
     and every p in ``ps``, and of the dense network of the same widths.
 
-    Returns a dict: N (nN,), p (np,), acc (nN, np, seeds), dense (nN, seeds).
+    Returns a :class:`ModesScan`: N (nN,), p (np,), acc (nN, np, seeds), dense (nN, seeds).
     ``train_kw`` goes to :func:`.train.train_model` (epochs, lr, ...).
     """
     widths, ps, seeds = list(widths), list(ps), list(seeds)
@@ -46,7 +121,7 @@ def accuracy_vs_modes(data, widths, ps, depth=1, kind="modes", seeds=(0,), progr
         else:
             net, h = train_model(data, hidden, kind=kind, p=ps[j], seed=seeds[s], **train_kw)
             acc[i, j, s] = h.test_acc[-1]
-    return {"N": np.array(widths), "p": np.array(ps), "acc": acc, "dense": dense}
+    return ModesScan(np.array(widths), np.array(ps), acc, dense)
 
 
 def least_modes(result, target=0.95):
@@ -101,7 +176,7 @@ def mode_importance(net, layer, gamma=None):
     """Importance ``tau_a = |lam_a| + gamma (||xi_out,a|| + ||xi_in,a||)`` of the modes of ``layer``.
 
     ``gamma`` defaults to mean|lam| / mean(||xi_out,a|| + ||xi_in,a||), balancing the two terms.
-    Returns a dict: tau (p,) in decreasing order, order (p,) the mode indices in that order, gamma.
+    Returns an :class:`Importance`: tau (p,) in decreasing order, order (p,) the mode indices in that order, gamma.
     """
     lay = _mode_factors(net, layer)
     lam = np.abs(lay.lam.astype(float))
@@ -110,7 +185,7 @@ def mode_importance(net, layer, gamma=None):
         gamma = lam.mean() / norms.mean()
     tau = lam + gamma * norms  # tau_a = |lam_a| + gamma (||xi_out,a|| + ||xi_in,a||)
     order = np.argsort(-tau, kind="stable")
-    return {"tau": tau[order], "order": order, "gamma": float(gamma)}
+    return Importance(tau[order], order, float(gamma))
 
 
 def importance_fits(net, max_breaks=2, n_boot=100, seed=0):
@@ -148,7 +223,7 @@ def ablation(net, X, y, layer, ks=None, n_random=10, seed=0):
 
     For each k in ``ks`` (default 0 .. p): removing the k leading modes (largest tau), k random
     modes (mean and standard deviation over ``n_random`` draws), the k trailing modes, and keeping
-    only the k leading modes. Returns a dict of arrays over ks plus ``full`` (unpruned accuracy).
+    only the k leading modes. Returns an :class:`Ablation` (arrays over ks, ``full`` the unpruned accuracy).
     """
     lay = _mode_factors(net, layer)
     p = lay.lam.shape[0]
@@ -173,7 +248,7 @@ def ablation(net, X, y, layer, ks=None, n_random=10, seed=0):
         out["keep"][i] = acc_without(order[k:])
         r = [acc_without(rng.choice(p, size=k, replace=False)) for _ in range(n_random)]
         out["random"][i], out["random_std"][i] = np.mean(r), np.std(r)
-    return {"ks": ks, "full": net.accuracy(X, y), **out}
+    return Ablation(ks=ks, full=net.accuracy(X, y), **out)
 
 
 def plot_ablation(results):
@@ -212,17 +287,16 @@ def n_components(H, fraction=0.9):
 
 def compactness(net, X, fraction=0.9):
     """Participation ratio and PCs for ``fraction`` of the variance of the input (layer 0) and of every
-    hidden layer. Returns a dict: layer (L,), width (L,), pr (L,), n_pc (L,)."""
+    hidden layer. Returns a :class:`Compactness`: layer (L,), width (L,), pr (L,), n_pc (L,)."""
     Hs = [np.asarray(X, float)] + [h.astype(float) for h in net.hidden(X)]
-    return {"layer": np.arange(len(Hs)), "width": np.array([H.shape[1] for H in Hs]),
-            "pr": np.array([participation_ratio(H) for H in Hs]),
-            "n_pc": np.array([n_components(H, fraction) for H in Hs])}
+    return Compactness(np.arange(len(Hs)), np.array([H.shape[1] for H in Hs]),
+                       np.array([participation_ratio(H) for H in Hs]), np.array([n_components(H, fraction) for H in Hs]))
 
 
 def disentanglement(net, X, y, k=3):
     """Mean sin^2 of the principal angles between the top-``k`` PC subspaces of every pair of
     class-conditional representations, per layer (0 = input): 1 for orthogonal class subspaces, 0
-    for identical ones. Returns a dict: layer (L,), D (L,), pairwise (L, C, C)."""
+    for identical ones. Returns a :class:`Disentanglement`: layer (L,), D (L,), pairwise (L, C, C)."""
     y = np.asarray(y)
     classes = np.unique(y)
     Hs = [np.asarray(X, float)] + [h.astype(float) for h in net.hidden(X)]
@@ -239,7 +313,7 @@ def disentanglement(net, X, y, k=3):
                 s2 = np.mean(np.sin(subspace_angles(bases[i], bases[j])) ** 2)
                 pair[l, i, j] = pair[l, j, i] = s2
         D[l] = pair[l][np.triu_indices(len(classes), 1)].mean()
-    return {"layer": np.arange(len(Hs)), "D": D, "pairwise": pair}
+    return Disentanglement(np.arange(len(Hs)), D, pair)
 
 
 def plot_representations(compact, disent=None):
@@ -266,7 +340,7 @@ def plot_representations(compact, disent=None):
 def cost(data, hidden, kinds=("modes", "modes-untied", "lowrank", "svd"), p=None, epochs=3, seed=0, **train_kw):
     """Trainable parameters and median wall time per epoch of each kind, and of "dense".
 
-    Returns a dict: kinds (list, dense first), params, seconds, and both as ratios to dense.
+    Returns a :class:`Cost`: kinds (list, dense first), params, seconds, and both as ratios to dense.
     """
     kinds = ["dense"] + [k for k in kinds if k != "dense"]
     params, seconds = [], []
@@ -275,8 +349,7 @@ def cost(data, hidden, kinds=("modes", "modes-untied", "lowrank", "svd"), p=None
         params.append(net.n_params())
         seconds.append(np.median(h.seconds))
     params, seconds = np.array(params), np.array(seconds)
-    return {"kinds": kinds, "params": params, "seconds": seconds,
-            "params_ratio": params / params[0], "seconds_ratio": seconds / seconds[0]}
+    return Cost(kinds, params, seconds, params / params[0], seconds / seconds[0])
 
 
 def plot_cost(result):
@@ -293,8 +366,8 @@ def plot_cost(result):
 # --- the toy task ---------------------------------------------------------------------------
 def xor_mode_maps(net, layer=0, lim=1.2, n=81):
     """Network output over the input square [-lim, lim]^2 with all modes of ``layer`` and with
-    each single mode kept alone. Returns a dict: x (n,), full (n, n), modes (p, n, n), and the
-    input-side directions lam_a xi_in,a (p, 2) when ``layer`` is the first."""
+    each single mode kept alone. Returns :class:`ModeMaps`: x (n,), full (n, n), modes (p, n, n), and
+    the input-side directions lam_a xi_in,a (p, 2) when ``layer`` is the first (None otherwise)."""
     lay = _mode_factors(net, layer)
     g = np.linspace(-lim, lim, n)
     XX = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
@@ -307,10 +380,7 @@ def xor_mode_maps(net, layer=0, lim=1.2, n=81):
         lam[...] = 0
         lam[a] = orig[a]  # only mode a
         modes[a] = work.forward(XX)[:, 0].reshape(n, n)
-    res = {"x": g, "full": out, "modes": modes}
-    if layer == 0:
-        res["directions"] = (lay.xi_in * lay.lam).T.astype(float)
-    return res
+    return ModeMaps(g, out, modes, (lay.xi_in * lay.lam).T.astype(float) if layer == 0 else None)
 
 
 def plot_xor_modes(maps, X=None, y=None):
@@ -328,7 +398,7 @@ def plot_xor_modes(maps, X=None, y=None):
             for label, color in ((1, "k"), (-1, "0.6")):
                 sel = np.ravel(y) == label
                 a.scatter(X[sel, 0], X[sel, 1], color=color, s=3, edgecolors="none", label=f"y = {label:+d}")
-        if i > 0 and "directions" in maps:
+        if i > 0 and maps["directions"] is not None:
             d = maps["directions"][i - 1]
             d = 0.8 * g[-1] * d / (np.linalg.norm(d) or 1.0)
             a.annotate("", xy=d, xytext=(0, 0), arrowprops={"arrowstyle": "->", "lw": 1.5})

@@ -194,13 +194,13 @@ def cmd_analyse(args):
         if "ablation" in what:
             ab = {l: an.ablation(net, data.X_test, data.y_test, l, n_random=args.n_random, seed=args.seed)
                   for l in net.mode_layers()}
-            results["ablation"] = {f"layer{l + 1}": r for l, r in ab.items()}
+            results["ablation"] = {f"layer{l + 1}": r.as_dict() for l, r in ab.items()}
             figures[fig_path("ablation")] = an.plot_ablation(ab)
         if "representations" in what:
             nets = {"model": net} if compare is None else {"model": net, "compare": compare}
             comp = {k: an.compactness(n, data.X_test) for k, n in nets.items()}
             dis = {k: an.disentanglement(n, data.X_test, data.y_test) for k, n in nets.items()} if data.n_classes else None
-            results["representations"] = {k: {**comp[k], **({"D": dis[k]["D"]} if dis else {})} for k in nets}
+            results["representations"] = {k: {**comp[k].as_dict(), **({"D": dis[k].D} if dis else {})} for k in nets}
             figures[fig_path("representations")] = an.plot_representations(comp, dis)
         train_kw = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch}
         if "modes-scan" in what:
@@ -208,11 +208,11 @@ def cmd_analyse(args):
                                         progress=not args.quiet, **train_kw)
             p_min = an.least_modes(scan, args.target)
             fit = fit_log(scan["N"], p_min)
-            results["modes_scan"] = {**scan, "p_min": p_min, **{f"fit_{k}": v for k, v in fit.items()}}
+            results["modes_scan"] = {**scan.as_dict(), "p_min": p_min, **{f"fit_{k}": v for k, v in fit.as_dict().items()}}
             figures[fig_path("modes_scan")] = an.plot_accuracy_vs_modes(scan, args.target)
         if "cost" in what:
             c = an.cost(data, [max(args.widths)], p=max(args.p_list), **train_kw)
-            results["cost"] = {**c, "kinds": np.array(c["kinds"], dtype="S")}
+            results["cost"] = {**c.as_dict(), "kinds": np.array(c.kinds, dtype="S")}
             figures[fig_path("cost")] = an.plot_cost(c)
         h5 = os.path.join(args.out, "analysis.h5")
         attrs = {"model": args.model or "", "data": data.name}
@@ -225,7 +225,7 @@ def cmd_analyse(args):
 
 
 def _fit_arrays(imp, fit):
-    out = {"tau": imp["tau"], "order": imp["order"], "gamma": imp["gamma"]}
+    out = imp.as_dict()
     if fit is not None:
         out.update(breaks=fit.breaks, breaks_err=fit.breaks_err, slopes=fit.slopes, slopes_err=fit.slopes_err)
     return out

@@ -53,7 +53,7 @@ def _split(key):
 def _importance(net):
     """(L, p) importance tau, decreasing, of every mode layer (empty for layers without modes;
     NaN-padded where a layer has fewer modes, as SVD layers clipped to their width)."""
-    taus = [mode_importance(net, l)["tau"] for l in net.mode_layers()]
+    taus = [mode_importance(net, l).tau for l in net.mode_layers()]
     out = np.full((len(taus), max((len(t) for t in taus), default=0)), np.nan)
     for i, t in enumerate(taus):
         out[i, :len(t)] = t
@@ -75,7 +75,7 @@ def ablation_curves(net, X, y, fractions, n_random=5, seed=0):
         lam = work.layers[l].lam
         orig = lam.copy()
         p = len(orig)
-        order = mode_importance(net, l)["order"]  # most important first
+        order = mode_importance(net, l).order  # most important first
 
         def acc_without(removed):
             lam[...] = orig
@@ -159,7 +159,7 @@ def run_mnist(kind="modes", p=30, hidden=(100, 100), seed=0, epochs=30, patience
         comp = compactness(net, Xt)
         dis = disentanglement(net, Xt, yt)
         Hs = [Xt] + net.hidden(Xt)
-        out.update(pr=comp["pr"], n_pc=comp["n_pc"], D=dis["D"],
+        out.update(pr=comp.pr, n_pc=comp.n_pc, D=dis.D,
                    fisher=np.array([class_separation(H, yt) for H in Hs]))
     return out
 

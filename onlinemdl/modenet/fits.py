@@ -2,16 +2,44 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from scipy.optimize import minimize
 
 
+class ResultMixin:
+    """Mixin of the modenet result dataclasses: attributes, ``as_dict()`` for storage, and
+    ``r["name"]`` read access with ``keys()`` (so ``{**r}`` works, as with earlier dict results)."""
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def keys(self):
+        return [f.name for f in fields(self)]
+
+    def __getitem__(self, name):
+        if name not in self.keys():
+            raise KeyError(f"{type(self).__name__} has no field {name!r}; fields: {self.keys()}")
+        return getattr(self, name)
+
+
+@dataclass
+class LogFit(ResultMixin):
+    """``p_min = a + b ln N``: a, b, their standard errors a_err, b_err, R^2 r2, number of points n."""
+
+    a: float
+    b: float
+    a_err: float
+    b_err: float
+    r2: float
+    n: int
+
+
 def fit_log(N, p_min):
     """Least-squares fit ``p_min = a + b ln N`` over the finite points.
 
-    Returns a dict with a, b, their standard errors a_err, b_err, the coefficient of
+    Returns a :class:`LogFit`: a, b, their standard errors a_err, b_err, the coefficient of
     determination r2, and the number of points n (a, b NaN with fewer than 2 points;
     errors NaN with fewer than 3).
     """
@@ -21,7 +49,7 @@ def fit_log(N, p_min):
     n = len(x)
     out = {"a": np.nan, "b": np.nan, "a_err": np.nan, "b_err": np.nan, "r2": np.nan, "n": n}
     if n < 2 or np.ptp(x) == 0:
-        return out
+        return LogFit(**out)
     D = np.column_stack([np.ones(n), x])
     coef, *_ = np.linalg.lstsq(D, y, rcond=None)
     res = y - D @ coef
@@ -30,11 +58,11 @@ def fit_log(N, p_min):
     if n > 2:
         cov = float(res @ res) / (n - 2) * np.linalg.inv(D.T @ D)  # s^2 (D^T D)^(-1)
         out.update(a_err=np.sqrt(cov[0, 0]), b_err=np.sqrt(cov[1, 1]))
-    return out
+    return LogFit(**{k: float(v) if k != "n" else int(v) for k, v in out.items()})
 
 
 @dataclass
-class PowerLawFit:
+class PowerLawFit(ResultMixin):
     """Continuous piecewise power law ``tau ~ rank^slope_j`` on the segments between breakpoints.
 
     Attributes
@@ -166,7 +194,7 @@ def crossing(ps, acc, target):
 
 
 @dataclass
-class LawFit:
+class LawFit(ResultMixin):
     """A law ``p_min(N)`` fitted by weighted least squares.
 
     Attributes
