@@ -195,17 +195,28 @@ def finite_n_drift(system: OdeSystem, y, J=None) -> np.ndarray:
     return out - 0.5 * J @ system.rhs(y)
 
 
-def hessian_contraction(f, y, Sigma, rel_step: float = 1e-4, cutoff: float = 1e-12) -> np.ndarray:
+def _leading(w, cutoff):
+    """Mask of the largest eigenvalues ``w`` holding all but ``cutoff`` of their (positive) sum."""
+    w = np.where(w > 0, w, 0.0)
+    total = w.sum()
+    if total <= 0:
+        return np.zeros(w.shape, bool)
+    order = np.argsort(w)[::-1]
+    n = int(np.searchsorted(np.cumsum(w[order]), (1 - cutoff) * total)) + 1
+    mask = np.zeros(w.shape, bool)
+    mask[order[:n]] = True
+    return mask
+
+
+def hessian_contraction(f, y, Sigma, rel_step: float = 1e-4, cutoff: float = 1e-4) -> np.ndarray:
     """``H : Sigma = sum_jk d^2 f / dy_j dy_k Sigma_jk`` for a symmetric PSD ``Sigma``, by second
-    central differences along its eigenvectors (those above ``cutoff`` x the largest eigenvalue)."""
+    central differences along its leading eigenvectors (all but ``cutoff`` of its trace)."""
     w, U = np.linalg.eigh((Sigma + Sigma.T) / 2)
     f0 = f(y)
     out = np.zeros_like(f0)
     scale = max(1.0, float(np.max(np.abs(y))))
-    for lam, e in zip(w, U.T):
-        if lam <= cutoff * max(w.max(), 0.0) or lam <= 0:
-            continue
-        h = rel_step * scale
+    h = rel_step * scale
+    for lam, e in zip(w[_leading(w, cutoff)], U.T[_leading(w, cutoff)]):
         out += lam * (f(y + h * e) + f(y - h * e) - 2 * f0) / (h * h)
     return out
 
@@ -245,7 +256,7 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     bb[0] = 0 if b0 is None else b0
 
     def node(k, Sigma):
-        J = finite_difference_jacobian(system.rhs, ys[k], order=2)
+        J = finite_difference_jacobian(system.rhs, ys[k], order=1)
         V = noise_covariance(system, ys[k], log2)
         if not bias:
             return J, V, np.zeros(d)
@@ -257,7 +268,7 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     J0, V0, s0 = node(0, Sig[0])
     for k in range(n - 1):
         h = nodes[k + 1] - nodes[k]
-        J1 = finite_difference_jacobian(system.rhs, ys[k + 1], order=2)
+        J1 = finite_difference_jacobian(system.rhs, ys[k + 1], order=1)
         V1 = noise_covariance(system, ys[k + 1], log2)
         Phi, Qh, Ih = _step(0.5 * (J0 + J1), 0.5 * (V0 + V1), h)
         Sig[k + 1] = Phi @ Sig[k] @ Phi.T + Qh
@@ -272,25 +283,54 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
 # --------------------------------------------------------------------------------------
 # Observables
 # --------------------------------------------------------------------------------------
-def _observables(system: OdeSystem, Y):
-    """eps_g and the entries of Q, R for a batch of state vectors Y (n, d): (n,), (n, K*K + K*M)."""
-    out_e, out_qr = [], []
-    for y in Y:
-        st = system.unpack(y)
-        out_e.append(_eps(st["Q"], st["R"], system.T, st["v"], system.vt, system.act))
-        out_qr.append(np.concatenate((st["Q"].ravel(), st["R"].ravel())))
-    return np.array(out_e), np.array(out_qr)
+def _batch_state(system: OdeSystem, Y):
+    """Q (n, K, K), R (n, K, M), v (n, K) of a batch of state vectors Y (n, d)."""
+    Y = np.atleast_2d(Y)
+    n, K, M = Y.shape[0], system.K, system.M
+    train = system.train
+
+    def sym(off, r):
+        iu = np.triu_indices(r)
+        X = np.zeros((n, r, r))
+        X[:, iu[0], iu[1]] = Y[:, off:off + iu[0].size]
+        X[:, iu[1], iu[0]] = Y[:, off:off + iu[0].size]
+        return X, off + iu[0].size
+
+    if system.form == "modes":
+        p = system.p
+        G, off = sym(0, p)
+        S = Y[:, off:off + p * M].reshape(n, p, M)
+        off += p * M
+        lam = np.broadcast_to(system.lam, (n, p))
+        if "lam" in train:
+            lam, off = Y[:, off:off + p], off + p
+        A = np.broadcast_to(system.A, (n, K, p))
+        if "A" in train:
+            A, off = Y[:, off:off + K * p].reshape(n, K, p), off + K * p
+        C = A * lam[:, None, :]
+        Q, R = np.einsum("nia,nab,njb->nij", C, G, C), np.einsum("nia,nam->nim", C, S)
+    else:
+        Q, off = sym(0, K)
+        R = Y[:, off:off + K * M].reshape(n, K, M)
+        off += K * M
+    v = Y[:, off:off + K] if "v" in train else np.broadcast_to(system.v, (n, K))
+    return Q, R, v
 
 
 def _I2(C, da, db, act):
     if act == LINEAR:
         return C
-    return (2 / np.pi) * np.arcsin(np.clip(C / np.sqrt(np.outer(1 + da, 1 + db)), -1, 1))
+    return (2 / np.pi) * np.arcsin(np.clip(C / np.sqrt((1 + da[..., :, None]) * (1 + db[..., None, :])), -1, 1))
 
 
-def _eps(Q, R, T, v, vt, act):
-    dq, dt = np.diag(Q), np.diag(T)
-    return 0.5 * (v @ _I2(Q, dq, dq, act) @ v + vt @ _I2(T, dt, dt, act) @ vt - 2 * v @ _I2(R, dq, dt, act) @ vt)
+def _observables(system: OdeSystem, Y):
+    """eps_g (n,) and the entries of Q, R (n, K*K + K*M) for a batch of state vectors Y (n, d)."""
+    Q, R, v = _batch_state(system, Y)
+    T, vt, act = system.T, system.vt, system.act
+    dq, dt = np.einsum("nii->ni", Q), np.diag(T)
+    e = 0.5 * (np.einsum("ni,nij,nj->n", v, _I2(Q, dq, dq, act), v) + vt @ _I2(T, dt, dt, act) @ vt
+               - 2 * np.einsum("ni,nim,m->n", v, _I2(R, dq, dt, act), vt))
+    return e, np.concatenate((Q.reshape(len(Q), -1), R.reshape(len(R), -1)), axis=1)
 
 
 def eps_g_moments(system: OdeSystem, y, Sigma, b, N: int, rel_step: float = 1e-5):
@@ -314,7 +354,7 @@ def eps_g_moments(system: OdeSystem, y, Sigma, b, N: int, rel_step: float = 1e-5
     qr_sd = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", gqr, Sigma, gqr), 0.0) / N)
     # second-order terms along the eigenvectors of Sigma
     w, U = np.linalg.eigh((Sigma + Sigma.T) / 2)
-    keep = w > 1e-12 * max(float(w.max()), 1e-300)
+    keep = _leading(w, 1e-6)
     he, hqr = 0.0, np.zeros(qr0.shape[1])
     if keep.any():
         hh = 1e-3 * scale
@@ -359,28 +399,46 @@ def initial_covariance(system: OdeSystem, y0, N: int, scale2: float) -> np.ndarr
     return Sig
 
 
-def refine_nodes(sol, alpha, dy_tol: float = 0.02, max_depth: int = 6) -> np.ndarray:
-    """The output times ``alpha`` with points inserted (bisection, up to ``max_depth`` times)
-    wherever the ODE solution ``sol`` (dense) moves by more than ``dy_tol`` x its scale."""
+def node_grid(sol, alpha, per_decade: int = 10, dy_tol: float = 0.02, max_depth: int = 6,
+              max_outputs: int = 40) -> np.ndarray:
+    """Nodes of :func:`propagate` for the output times ``alpha`` of the ODE solution ``sol`` (dense).
+
+    ``per_decade`` log-spaced times from the first positive output (or ``alpha_max / 100``) to
+    the last, the first and the last output, all outputs when there are at most
+    ``max_outputs``, and points inserted by bisection (up to ``max_depth`` times) wherever the
+    state moves by more than ``dy_tol`` x its scale between two nodes.
+    """
     alpha = np.asarray(alpha, float)
-    scale = max(1.0, float(np.max(np.abs(sol(alpha[-1])))), float(np.max(np.abs(sol(alpha[0])))))
-    nodes = [alpha[0]]
-    for a, b in zip(alpha[:-1], alpha[1:]):
+    a0, a1 = alpha[0], alpha[-1]
+    pos = alpha[alpha > a0]
+    lo = min(pos[0] - a0, 1e-2 * (a1 - a0)) if pos.size else a1 - a0
+    count = max(2, int(math.ceil(per_decade * math.log10(max((a1 - a0) / lo, 1.0)))) + 1)
+    base = a0 + np.geomspace(lo, a1 - a0, count)
+    base = np.unique(np.concatenate(([a0, a1], base, alpha if alpha.size <= max_outputs else [])))
+    scale = max(1.0, float(np.max(np.abs(sol(a1)))), float(np.max(np.abs(sol(a0)))))
+    nodes = [base[0]]
+    for a, b in zip(base[:-1], base[1:]):
         stack = [(a, b, 0)]
-        out = []
         while stack:
-            lo, hi, depth = stack.pop()
-            if depth < max_depth and np.max(np.abs(sol(hi) - sol(lo))) > dy_tol * scale:
-                mid = 0.5 * (lo + hi)
-                stack += [(mid, hi, depth + 1), (lo, mid, depth + 1)]
+            lo_, hi, depth = stack.pop()
+            if depth < max_depth and np.max(np.abs(sol(hi) - sol(lo_))) > dy_tol * scale:
+                mid = 0.5 * (lo_ + hi)
+                stack += [(mid, hi, depth + 1), (lo_, mid, depth + 1)]
             else:
-                out.append(hi)
-        nodes += out
+                nodes.append(hi)
     return np.array(nodes)
 
 
+def _interpolate(nodes, values, alpha):
+    """Piecewise-linear interpolation of ``values`` (n_nodes, ...) to the times ``alpha``."""
+    k = np.clip(np.searchsorted(nodes, alpha, side="right") - 1, 0, len(nodes) - 2)
+    w = ((alpha - nodes[k]) / (nodes[k + 1] - nodes[k])).reshape((-1,) + (1,) * (values.ndim - 1))
+    return (1 - w) * values[k] + w * values[k + 1]
+
+
 def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bool = True, rtol: float = 1e-8,
-            atol: float = 1e-10, log2: int = QMC_LOG2, dy_tol: float = 0.02, tol: float = 0.1) -> dict:
+            atol: float = 1e-10, log2: int = QMC_LOG2, dy_tol: float = 0.02, tol: float = 0.1,
+            per_decade: int = 10) -> dict:
     """The finite-N predictions at the output times ``alpha`` (starting at the initial state).
 
     Returns a dict: ``cov`` (n, d, d) = ``Sigma / N``, the covariance of the state vector across
@@ -395,24 +453,27 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
     if alpha[-1] > alpha[0]:
         sol = solve_ivp(lambda t, y: system.rhs(y), (alpha[0], alpha[-1]), y0, method="LSODA", rtol=rtol, atol=atol,
                         dense_output=True, jac=lambda t, y: finite_difference_jacobian(system.rhs, y, order=1))
-        nodes = refine_nodes(sol.sol, alpha, dy_tol)
+        nodes = node_grid(sol.sol, alpha, per_decade, dy_tol)
         ys = np.array([sol.sol(a) for a in nodes])
         ys[0] = y0
+        Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2)
     else:
         nodes, ys = alpha[:1], y0[None]
-    Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2)
-    idx = np.searchsorted(nodes, alpha)
+        Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2)
+    bad = np.nonzero(~validity(ys, Sig, N, system.T, tol))[0]
+    valid_until = float(nodes[bad[0]]) if bad.size else math.inf
     K, M = system.K, system.M
+    mom = [eps_g_moments(system, y, S_, b_, N) for y, S_, b_ in zip(ys, Sig, bb)]
+    var = np.array([m[0] ** 2 for m in mom]), np.array([m[2] ** 2 for m in mom])
+    shift = np.array([m[1] for m in mom]), np.array([m[3] for m in mom])
+    if nodes.size > 1:  # outputs between nodes: linear interpolation of variances and shifts
+        Sig, bb = _interpolate(nodes, Sig, alpha), _interpolate(nodes, bb, alpha)
+        var = tuple(_interpolate(nodes, x, alpha) for x in var)
+        shift = tuple(_interpolate(nodes, x, alpha) for x in shift)
     n = alpha.size
-    out = dict(cov=Sig[idx] / N, bias=bb[idx] / N, eps_g_sd=np.empty(n), eps_g_bias=np.empty(n),
-               Q_sd=np.empty((n, K, K)), Q_bias=np.empty((n, K, K)), R_sd=np.empty((n, K, M)),
-               R_bias=np.empty((n, K, M)), nodes=nodes)
-    for o, k in enumerate(idx):
-        es, eb, qs, qb = eps_g_moments(system, ys[k], Sig[k], bb[k], N)
-        out["eps_g_sd"][o], out["eps_g_bias"][o] = es, eb
-        out["Q_sd"][o], out["R_sd"][o] = qs[:K * K].reshape(K, K), qs[K * K:].reshape(K, M)
-        out["Q_bias"][o], out["R_bias"][o] = qb[:K * K].reshape(K, K), qb[K * K:].reshape(K, M)
-    ok = validity(ys, Sig, N, system.T, tol)
-    bad = np.nonzero(~ok)[0]
-    out["valid_until"] = float(nodes[bad[0]]) if bad.size else math.inf
+    qs, qb = np.sqrt(var[1]), shift[1]
+    out = dict(cov=Sig / N, bias=bb / N, eps_g_sd=np.sqrt(var[0]), eps_g_bias=shift[0],
+               Q_sd=qs[:, :K * K].reshape(n, K, K), R_sd=qs[:, K * K:].reshape(n, K, M),
+               Q_bias=qb[:, :K * K].reshape(n, K, K), R_bias=qb[:, K * K:].reshape(n, K, M), nodes=nodes)
+    out["valid_until"] = valid_until
     return out

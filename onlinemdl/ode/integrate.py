@@ -24,7 +24,8 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
               alpha_max: float | None = None, alpha: ArrayLike | None = None, eta_lam: float | None = None,
               eta_A: float | None = None, eta_v: float | None = None, method: str = "auto", rtol: float = 1e-8,
               atol: float = 1e-10, step: float | None = None, points: int = 200, state: dict | None = None,
-              system: OdeSystem | None = None, form: str | None = None, max_norm: float = 1e2) -> Trajectory:
+              system: OdeSystem | None = None, form: str | None = None, max_norm: float = 1e2,
+              fluctuations: bool | str = False, N: int | None = None) -> Trajectory:
     """Integrate the order-parameter ODEs from the networks' own order parameters.
 
     Parameters
@@ -44,6 +45,16 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
     form : "full", "modes" or "reduced" (default: the networks' own form).
     max_norm : the run is marked "diverged" once a squared weight norm (``Q_ii`` or an entry of
         the mode state) exceeds ``max_norm`` times its scale (1, ``T_nn``, initial ``Q``).
+    fluctuations : finite-N theory of SGD at the networks' N (``theory/finite_size.md``):
+        True (or "fixed") for SGD runs started from these very networks (zero initial
+        covariance); "fresh" for runs whose N-dimensional weights are drawn afresh with i.i.d.
+        entries of the networks' variance (``Student.full(init="large" or "small")``, a fresh
+        ``Xi``): the ODE then starts from the ensemble mean of the initial order parameters
+        (``G = tr(G) I / r``, overlaps with the teacher 0) with their O(1/N) covariance. The
+        Trajectory then also carries ``eps_g_sd``, ``eps_g_bias``, ``Q_sd``, ``R_sd``, ``cov``,
+        ``bias`` and ``fluct_valid_until`` (see :func:`onlinemdl.ode.fluctuations.predict`).
+        Forms "full" and "modes".
+    N : input dimension of the prediction when the system is given by ``state=``, ``system=``.
 
     Returns
     -------
@@ -55,7 +66,7 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
             raise ValueError("give student and teacher, or state= and system=")
         system, state = OdeSystem.from_networks(student, teacher, eta=eta, eta_lam=eta_lam, eta_A=eta_A,
                                                 eta_v=eta_v, max_norm=max_norm, form=form)
-        N = student.N
+        N = student.N if N is None else N
     else:
         if state is None:
             raise ValueError("system= needs state=")
@@ -70,6 +81,13 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
         raise ValueError(f"method must be one of 'auto', 'euler', {', '.join(map(repr, SOLVE_IVP_METHODS))}, "
                          f"got {method!r}")
     rtol, atol = check_number("rtol", rtol, strict=True), check_number("atol", atol, strict=True)
+    if fluctuations not in (False, True, "fixed", "fresh"):
+        raise ValueError(f'fluctuations must be False, True, "fixed" or "fresh", got {fluctuations!r}')
+    if fluctuations and not N:
+        raise ValueError("fluctuations need the input dimension: give networks, or N= with state=, system=")
+    sigma0 = None
+    if fluctuations == "fresh":
+        state, sigma0 = _fresh_start(system, state, N)
     y0 = system.pack(state)
     max_q = divergence_threshold(system.dynamics.max_norm, system.T, state.get("Q", state.get("Rm")))
     t0 = time.perf_counter()
@@ -85,8 +103,38 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
     wall = time.perf_counter() - t0
     if status == "ok":
         message = f"integrated to alpha = {alpha[-1]:.6g}"
-    return _trajectory(system, alpha[:len(ys)], ys, N, status, message, nfev, method, wall,
+    traj = _trajectory(system, alpha[:len(ys)], ys, N, status, message, nfev, method, wall,
                        dict(rtol=rtol, atol=atol, step=step))
+    if fluctuations and len(ys):
+        traj = _with_fluctuations(traj, system, y0, N, sigma0, rtol, atol, fluctuations)
+    return traj
+
+
+def _fresh_start(system, state, N):
+    """Ensemble mean of the initial order parameters of i.i.d. weights and their N x covariance."""
+    from .fluctuations import initial_covariance
+
+    key, other = ("Rm", "S") if system.form == "modes" else ("Q", "R")
+    if system.form == "reduced":
+        raise ValueError('fluctuations="fresh" needs form "full" or "modes"')
+    G = np.asarray(state[key], float)
+    scale2 = float(np.trace(G)) / G.shape[0]
+    state = dict(state, **{key: scale2 * np.eye(G.shape[0]), other: np.zeros_like(np.asarray(state[other]))})
+    y0 = system.pack(state)
+    return state, initial_covariance(system, y0, N, scale2)
+
+
+def _with_fluctuations(traj, system, y0, N, sigma0, rtol, atol, mode):
+    from dataclasses import replace
+
+    from .fluctuations import predict
+
+    t0 = time.perf_counter()
+    P = predict(system, y0, traj.alpha, N, Sigma0=sigma0, rtol=rtol, atol=atol)
+    params = dict(traj.params, fluctuations="fresh" if mode == "fresh" else "fixed",
+                  fluct_wall_time=time.perf_counter() - t0, fluct_nodes=int(P["nodes"].size))
+    return replace(traj, eps_g_sd=P["eps_g_sd"], eps_g_bias=P["eps_g_bias"], Q_sd=P["Q_sd"], R_sd=P["R_sd"],
+                   cov=P["cov"], bias=P["bias"], fluct_valid_until=P["valid_until"], params=params)
 
 
 def _run_adaptive(system, y0, alpha, method, rtol, atol, max_q):
