@@ -10,16 +10,19 @@ import importlib
 import inspect
 import sys
 import textwrap
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from . import recipes
 from ._version import __version__
-from .atomic import atomic_file, check_readable, staged_files
+from .atomic import as_path, atomic_file, check_readable, check_target, open_hdf5, staged_files
 from .dynamics import OPTIONS
 from .gaussian import ACTIVATIONS
-from .recipes import INITS, STUDENTS, TEACHERS, run_ode, run_simulation
+from .recipes import INITS, STUDENTS, TEACHERS, check_params, run_ode, run_simulation
+from .runsetup import check_int, check_number, check_seed
 from .scan import load_scan, scan
 from .sgd import METHODS
 from .storage import load_trajectory, object_kind, trajectory_names, write_result
@@ -97,16 +100,9 @@ def _spec(args, run):
 # Output
 # --------------------------------------------------------------------------------------
 def _check_target(path, hdf5=True):
-    """``path`` as a Path, if it can be written: an existing HDF5 file (to update) or a new file."""
-    path = Path(path)
-    if hdf5 and path.exists():
-        check_readable(path)
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"out: {parent} is not a directory")
-            break
-    return path
+    """``path`` as a Path, if it can be written: an existing HDF5 file (to update) or a new file in
+    a folder that exists or can be created. Checked before any work is done."""
+    return check_target(path, "out", hdf5=hdf5, create_parents=True)
 
 
 def _write(h5=None, objects=None, png=None, figure=None):
@@ -140,40 +136,116 @@ def _figure(trajs, labels=None, plateaus=False, title=""):
 # --------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------
+@contextmanager
+def _progress(quiet, desc, total):
+    """A tqdm bar over the stages of a command, on a terminal only (never with --quiet or when
+    stderr is not a TTY); its clock ticks while a stage runs. Yields ``step(text)``, which marks
+    the previous stage done and names the next one."""
+    from tqdm import tqdm
+    enabled = not quiet and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    bar = tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False,
+               bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} stages [{elapsed}]")
+    stop = threading.Event()
+    ticker = None
+    if enabled:
+        def tick():
+            while not stop.wait(0.5):
+                bar.refresh()
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+    started = [False]
+
+    def step(text):
+        if started[0]:
+            bar.update()
+        started[0] = True
+        bar.set_description_str(f"{desc}: {text}")
+
+    try:
+        yield step
+    finally:
+        stop.set()
+        if ticker is not None:
+            ticker.join()
+        bar.close()
+
+
+def _check_run_args(run, spec):
+    try:
+        check_params(run, spec)
+    except TypeError as err:
+        raise ValueError(str(err)) from None
+
+
 def cmd_demo(args):
-    out = Path(args.out)
+    out = as_path(args.out, "out")
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} is not a directory")
     h5, png = _check_target(out / "demo.h5"), _check_target(out / "demo.png", hdf5=False)
+    check_number("alpha_max", args.alpha_max, 0.0, strict=True)
+    check_number("eta", args.eta, 0.0, strict=True)
+    check_int("replicas", args.replicas)
+    check_seed("seed", args.seed)
+    if args.threads is not None:
+        check_int("threads", args.threads)
     common = dict(eta=args.eta, alpha_max=args.alpha_max)
-    ode = run_ode(**common)
-    p = ode.params
-    print(f"onlinemdl demo: N={p['N']}, M=K={p['K']}, p={p['p']} modes, student trains {','.join(p['train'])}, "
-          f"eta={p['eta']:g}, alpha up to {args.alpha_max:g}", flush=True)
-    print(f"ODE:        {ode.summary()}", flush=True)
-    sim = run_simulation(**common, replicas=args.replicas, seed=args.seed, method=args.method, threads=args.threads)
-    print(f"simulation: {sim.summary()}", flush=True)
-    from .analysis import find_plateaus
-    plateaus = find_plateaus(ode)
-    print(f"ODE plateaus: {plateaus.summary()}")
-    fig = _figure([ode, sim], plateaus=plateaus,
-                  title=f"N={p['N']}, M=K={p['K']}, p={p['p']}, eta={p['eta']:g}: ODE and SGD, plateaus shaded")
+    with _progress(args.quiet, "demo", 4) as step:
+        step("ODE")
+        ode = run_ode(**common)
+        p = ode.params
+        _say(f"onlinemdl demo: N={p['N']}, M=K={p['K']}, p={p['p']} modes, student trains {','.join(p['train'])}, "
+             f"eta={p['eta']:g}, alpha up to {args.alpha_max:g}")
+        _say(f"ODE:        {ode.summary()}")
+        step(f"SGD, {args.replicas} replicas")
+        sim = run_simulation(**common, replicas=args.replicas, seed=args.seed, method=args.method, threads=args.threads)
+        _say(f"simulation: {sim.summary()}")
+        step("plateaus")
+        from .analysis import find_plateaus
+        plateaus = find_plateaus(ode)
+        _say(f"ODE plateaus: {plateaus.summary()}")
+        step("figure")
+        fig = _figure([ode, sim], plateaus=plateaus,
+                      title=f"N={p['N']}, M=K={p['K']}, p={p['p']}, eta={p['eta']:g}: ODE and SGD, plateaus shaded")
     table = {k: np.array([getattr(q, k) for q in plateaus]) for k in ("start", "end", "level", "slope")}
     _write(h5, {"ode": ode, "sim": sim, "plateaus": table}, png, fig)
 
 
+def _say(text):
+    print(text, flush=True)
+
+
 def cmd_ode(args):
     out = _check_target(args.out)
-    traj = run_ode(**_spec(args, run_ode))
+    spec = _spec(args, run_ode)
+    _check_run_args(recipes.run_ode, spec)
+    with _progress(args.quiet, "ode", 1) as step:
+        step(f"integrating to alpha = {args.alpha_max:g}")
+        traj = run_ode(**spec)
     print(f"ode: {traj.summary()}")
     _write(out, {"ode": traj})
 
 
 def cmd_simulate(args):
     out = _check_target(args.out)
-    traj = run_simulation(**_spec(args, run_simulation))
+    spec = _spec(args, run_simulation)
+    _check_run_args(recipes.run_simulation, spec)
+    with _progress(args.quiet, "simulate", 1) as step:
+        step(f"{args.replicas} replicas to alpha = {args.alpha_max:g}")
+        traj = run_simulation(**spec)
     print(f"simulate: {traj.summary()}")
     _write(out, {"sim": traj})
+
+
+#: Keys of a scan config: name -> (Python types, what it must be).
+CONFIG_KEYS = {
+    "run": ((str,), 'a string: "ode", "simulate" or "package.module:function"'),
+    "store": ((str,), "a string (a path, relative to the config file)"),
+    "workers": ((int,), "an integer >= 1"),
+    "scheduler": ((str,), "a string (a dask scheduler address)"),
+    "fixed": ((dict,), "a table [fixed] of parameters"),
+    "grid": ((dict,), "a table [grid] of lists of values"),
+    "points": ((list,), "an array of tables [[points]]"),
+}
 
 
 def _load_config(path):
@@ -181,7 +253,9 @@ def _load_config(path):
         import tomllib
     except ImportError:  # Python < 3.11
         import tomli as tomllib
-    path = Path(path)
+    path = as_path(path, "config")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, not a TOML file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
@@ -189,13 +263,32 @@ def _load_config(path):
             config = tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: {err}") from None
-    allowed = {"run", "store", "workers", "scheduler", "fixed", "grid", "points"}
-    unknown = sorted(set(config) - allowed)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a TOML file (not UTF-8 text)") from None
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+        raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(CONFIG_KEYS)}")
+    for key, value in config.items():
+        types, wanted = CONFIG_KEYS[key]
+        if not isinstance(value, types) or isinstance(value, bool) or (key == "workers" and value < 1) or (
+                key in ("store", "run") and not value):
+            raise ValueError(f"{path}: {key} must be {wanted}, got {_toml_repr(value)}")
     if ("grid" in config) == ("points" in config):
         raise ValueError(f"{path}: give either a [grid] table (Cartesian product) or [[points]] (explicit points)")
+    for name, values in config.get("grid", {}).items():
+        if not isinstance(values, list):
+            raise ValueError(f"{path}: grid.{name} must be a list of values, got {_toml_repr(values)}")
+    for i, point in enumerate(config.get("points", [])):
+        if not isinstance(point, dict):
+            raise ValueError(f"{path}: points[{i}] must be a table [[points]], got {_toml_repr(point)}")
     return config
+
+
+def _toml_repr(value) -> str:
+    kind = {dict: "a table", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a float"}.get(type(value), type(value).__name__)
+    text = repr(value)
+    return f"{kind} {text if len(text) < 40 else text[:37] + '...'}"
 
 
 def _resolve_run(name):
@@ -213,8 +306,10 @@ def _resolve_run(name):
 def cmd_scan(args):
     config = _load_config(args.config)
     run = _resolve_run(config.get("run", "ode"))
-    store = Path(args.store) if args.store else Path(args.config).parent / config.get("store", "scan.h5")
-    workers = config.get("workers") if args.workers is None else args.workers
+    store = as_path(args.store, "store") if args.store is not None else \
+        Path(args.config).parent / config.get("store", "scan.h5")
+    check_target(store, "store", create_parents=True)
+    workers = config.get("workers") if args.workers is None else check_int("workers", args.workers)
     scheduler = config.get("scheduler") if args.scheduler is None else args.scheduler
     grid = config.get("grid", config.get("points"))
     client = None
@@ -245,16 +340,19 @@ def _outcome(result) -> str:
     """One-line account of a scan point's result."""
     if not isinstance(result, Trajectory):
         return ", ".join(f"{k}={v}" for k, v in result.items() if np.ndim(v) == 0)
-    eps = result.eps_g
-    if eps.ndim == 2 and result.diverged is not None and not result.diverged.all():
-        eps = eps[~result.diverged]
-    return f"{result.status}, final eps_g {np.mean(eps[..., -1]):.3g}"
+    eps = result.mean().eps_g
+    finite = np.flatnonzero(np.isfinite(eps))
+    if finite.size == 0:
+        return f"{result.status}, no finite eps_g"
+    if finite[-1] == eps.size - 1:
+        return f"{result.status}, final eps_g {eps[-1]:.3g}"
+    return f"{result.status}, eps_g {eps[finite[-1]]:.3g} at alpha = {result.alpha[finite[-1]]:.3g} (last finite)"
 
 
 def cmd_plot(args):
     path = check_readable(args.file)
     png = _check_target(Path(args.out) if args.out else path.with_suffix(".png"), hdf5=False)
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path, what="file") as f:
         kind = object_kind(f)
         names = [] if kind in ("scan", "Trajectory") else trajectory_names(f)
     if kind == "scan":
@@ -311,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed of the SGD input streams (default: 0)")
     d.add_argument("--threads", type=int, default=None, help="SGD threads (default: all cores)")
     d.add_argument("--out", default=OUT, help=f"output directory, created if needed (default: {OUT})")
+    d.add_argument("--quiet", action="store_true", help="no progress bar (there is none either when stderr is not "
+                                                          "a terminal)")
     d.set_defaults(func=cmd_demo)
 
     o = sub.add_parser("ode", formatter_class=FORMAT, help="integrate the order-parameter ODEs",
@@ -321,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--method", default="auto", help="auto (LSODA), a scipy solve_ivp method (Radau, BDF, RK45, DOP853) "
                                                      "or euler (default: auto)")
     o.add_argument("--out", default=f"{OUT}/ode.h5", help=f"HDF5 file (default: {OUT}/ode.h5)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar (there is none either when stderr is not "
+                                                          "a terminal)")
     o.set_defaults(func=cmd_ode)
 
     s = sub.add_parser("simulate", formatter_class=FORMAT, help="on-line SGD simulation",
@@ -338,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out Gaussian inputs per replica on which the error is also measured (explicit "
                         "method only; default: 0, none)")
     s.add_argument("--out", default=f"{OUT}/simulate.h5", help=f"HDF5 file (default: {OUT}/simulate.h5)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar (there is none either when stderr is not "
+                                                          "a terminal)")
     s.set_defaults(func=cmd_simulate)
 
     c = sub.add_parser("scan", formatter_class=FORMAT, help="parameter scan from a TOML file (resumable)",

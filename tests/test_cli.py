@@ -30,6 +30,18 @@ def cli(capsys, tmp_path, monkeypatch):
     return run
 
 
+def _truncated_h5(tmp_path) -> bytes:
+    """The first 1000 bytes of a real trajectory file: an HDF5 signature, a truncated body."""
+    from onlinemdl.trajectory import Trajectory
+    src = tmp_path / "src.h5"
+    n = 50
+    save_trajectory(Trajectory(alpha=np.arange(n), steps=np.arange(n), eps_g=np.ones(n), Q=np.ones((n, 1, 1)),
+                               R=np.ones((n, 1, 1)), T=np.eye(1)), src)
+    data = src.read_bytes()[:1000]
+    src.unlink()
+    return data
+
+
 def files(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
@@ -161,17 +173,190 @@ def test_scan_points_on_a_dask_scheduler(cli, tmp_path):
     (["scan", "notes.txt"], "notes.txt: Expected '=' after a key"),
     (["scan", "extra.toml"], "unknown keys ['gird']"),
     (["scan", "badrun.toml"], "run: cannot import 'nowhere:f'"),
-    (["scan", "negative.toml", "--workers", "1", "--quiet"], "run failed at {'eta': -1.0}: ValueError: eta must be"),
+    (["scan", "negative.toml", "--workers", "1", "--quiet"], "grid: point {'eta': -1.0}: eta must be a finite number > 0"),
     (["demo", "--out", "notes.txt"], "out: notes.txt is not a directory"),
+    # outputs are checked before any work, and errors name the user's path (issue 10, items 4, 5, 12)
+    (["ode", *TINY, "--out", "adir"], "out: adir is a directory; give a file name"),
+    (["ode", *TINY, "--out", ""], "out must name a file, got ''"),
+    (["simulate", *TINY, "--out", "adir"], "out: adir is a directory"),
+    (["ode", *TINY, "--out", "trunc.h5"], "trunc.h5: cannot be opened as HDF5, truncated or corrupt?"),
+    (["plot", "trunc.h5"], "trunc.h5: cannot be opened as HDF5, truncated or corrupt?"),
+    (["plot", "adir"], "adir: is a directory, not an HDF5 file"),
+    (["plot", "notes.txt", "--out", "adir"], "notes.txt: not an HDF5 file"),
+    (["scan", "adir"], "adir: is a directory, not a TOML file"),
+    (["scan", "negative.toml", "--store", "adir"], "store: adir is a directory"),
+    (["scan", "negative.toml", "--store", "trunc.h5"], "trunc.h5: cannot be opened as HDF5"),
+    (["demo", "--replicas", "0"], "replicas must be an integer >= 1, got 0"),  # before the ODE runs
+    (["demo", "--threads", "0"], "threads must be an integer >= 1, got 0"),
+    (["demo", "--seed", "-1"], "seed must be an integer >= 0, got -1"),
+    (["demo", "--alpha-max", "nan"], "alpha_max must be a finite number > 0, got nan"),
+    (["ode", "--method", "foo"], "method must be one of 'auto', 'euler', 'RK23'"),
+    (["ode", *TINY, "--train", ","], "train must name at least one factor"),
+    (["ode", *TINY, "--eta", "inf"], "eta must be a finite number > 0, got inf"),
+    (["ode", *TINY, "--batch", "0"], "batch must be an integer >= 1, got 0"),
+    (["ode", *TINY, "--weight-decay", "-1"], "weight_decay must be a finite number >= 0"),
+    (["ode", *TINY, "--max-norm", "0"], "max_norm must be a finite number > 0"),
+    (["ode", *TINY, "--points", "1"], "points must be an integer >= 2, got 1"),
+    (["simulate", *TINY, "--seed", "-1"], "seed must be an integer >= 0, got -1"),
+    (["simulate", *TINY, "--test-set", "-1"], "test_set must be an integer >= 0, got -1"),
+    (["simulate", *TINY, "--threads", "0"], "threads must be an integer >= 1, got 0"),
+    # TOML type errors: one line naming the key and the type wanted, before any work (item 6)
+    (["scan", "store5.toml"], "store5.toml: store must be a string (a path, relative to the config file), got an integer"),
+    (["scan", "fixedlist.toml"], "fixedlist.toml: fixed must be a table [fixed] of parameters, got an array [1, 2]"),
+    (["scan", "alphastr.toml", "--quiet"], "alpha_max must be a finite number > 0, got '1e4'"),
+    (["scan", "workersstr.toml"], "workers must be an integer >= 1, got a string '2'"),
+    (["scan", "gridscalar.toml"], "grid.eta must be a list of values, got a float 1.0"),
+    (["scan", "runint.toml"], "run must be a string"),
+    (["scan", "etastr.toml", "--quiet"], "eta must be a finite number > 0, got '5'"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(cli, tmp_path, args, message):
     (tmp_path / "notes.txt").write_text("hello world\n")
     (tmp_path / "extra.toml").write_text("[gird]\neta = [1.0]\n")
     (tmp_path / "badrun.toml").write_text('run = "nowhere:f"\n[grid]\neta = [1.0]\n')
     (tmp_path / "negative.toml").write_text("[fixed]\nalpha_max = 1.0\n[grid]\neta = [-1.0]\n")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "trunc.h5").write_bytes(_truncated_h5(tmp_path))
+    for name, text in {"store5": "store = 5", "fixedlist": "fixed = [1, 2]", "workersstr": 'workers = "2"',
+                       "gridscalar": "[grid]\neta = 1.0", "runint": "run = 3",
+                       "alphastr": '[fixed]\nalpha_max = "1e4"', "etastr": "[grid]\neta = ['5']"}.items():
+        grid = "" if "[grid]" in text else "\n[grid]\neta = [1.0]"
+        (tmp_path / f"{name}.toml").write_text(text + grid + "\n")
     before = files(tmp_path)
     code, out, err = cli(*args)
     assert code == 2
     assert err.startswith("onlinemdl: error: ") and err.count("\n") == 1
     assert message in err
     assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize("args", [["demo", "--replicas", "0"], ["demo", "--threads", "0"], ["demo", "--out", "adir/x/"],
+                                  ["ode", "--method", "foo"], ["ode", "--out", "adir"], ["simulate", "--seed", "1.5"],
+                                  ["simulate", "--out", "trunc.h5"]])
+def test_arguments_and_outputs_are_checked_before_any_work(cli, tmp_path, monkeypatch, args):
+    _forbid_runs(monkeypatch)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "adir" / "x").write_text("a file where a folder is needed")
+    (tmp_path / "trunc.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    code, out, err = cli(*args)
+    assert code == 2 and err.startswith("onlinemdl: error: ") and err.count("\n") == 1, err
+
+
+def _forbid_runs(monkeypatch):
+    """Make the CLI's runs fail loudly (same signatures, so the parser still builds)."""
+    import functools
+
+    import onlinemdl.cli as cli_module
+    for name in ("run_ode", "run_simulation"):
+        original = getattr(cli_module, name)
+
+        @functools.wraps(original)
+        def must_not_run(**kw):
+            raise AssertionError("ran before the arguments were checked")
+
+        monkeypatch.setattr(cli_module, name, must_not_run)
+
+
+def _read_only(folder):
+    """Make ``folder`` read-only even for root (chattr +i); None where that is not possible."""
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").write_text("x")
+    except OSError:
+        return lambda: folder.chmod(0o755)
+    (folder / "probe").unlink()
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        folder.chmod(0o755)
+        return None
+    return lambda: (subprocess.run(["chattr", "-i", str(folder)]), folder.chmod(0o755))
+
+
+def test_read_only_folder_is_refused_before_work_naming_the_path(cli, tmp_path, monkeypatch):
+    _forbid_runs(monkeypatch)
+    ro = tmp_path / "rodir"
+    ro.mkdir()
+    undo = _read_only(ro)
+    if undo is None:
+        pytest.skip("cannot make a read-only folder here")
+    try:
+        code, _, err = cli("ode", *TINY, "--out", "rodir/x.h5")
+        assert code == 2 and "out: rodir/x.h5: cannot write in rodir" in err and ".tmp" not in err
+        with pytest.raises(PermissionError, match=r"x\.h5: cannot write in .*rodir"):
+            save_trajectory(_tiny_trajectory(), ro / "x.h5")
+    finally:
+        undo()
+    assert list(ro.iterdir()) == []
+
+
+def _tiny_trajectory():
+    from onlinemdl.trajectory import Trajectory
+    n = 4
+    return Trajectory(alpha=np.arange(n, dtype=float), steps=np.arange(n), eps_g=np.ones(n), Q=np.ones((n, 1, 1)),
+                      R=np.ones((n, 1, 1)), T=np.eye(1))
+
+
+def test_all_replicas_diverged_reports_values_up_to_divergence_and_plots(cli, tmp_path):
+    code, out, err = cli("simulate", "--eta", "10000", "--alpha-max", "10", "--replicas", "2", "--threads", "1",
+                         "--out", "d.h5")
+    assert code == 0, err
+    assert "all 2 replicas diverged" in out and "nan" not in out
+    sim = load_trajectory("d.h5", "sim")
+    assert sim.diverged.all() and np.isfinite(sim.mean().eps_g[0]) and np.isfinite(sim.sem().eps_g[0])
+    code, out, err = cli("plot", "d.h5")
+    assert code == 0, err
+    assert (tmp_path / "d.png").stat().st_size > 1000
+
+
+class _Terminal:
+    """A stand-in for a terminal's stderr."""
+
+    def __init__(self):
+        self.text = []
+
+    def write(self, text):
+        self.text.append(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_bar_on_a_terminal_only_and_not_with_quiet(cli, monkeypatch, quiet):
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    code, out, _ = cli("ode", *TINY, "--out", "r.h5", *(["--quiet"] if quiet else []))
+    assert code == 0 and "wrote r.h5" in out
+    shown = "".join(term.text)
+    assert ("ode: integrating to alpha = 5" in shown) != quiet
+    code, out, err = cli("ode", *TINY, "--out", "r.h5")  # stderr not a terminal (captured): no bar
+    assert code == 0 and "integrating" not in err
+
+
+def test_cli_exposes_every_option_of_the_dynamics(cli):
+    from onlinemdl.dynamics import OPTIONS
+    for command in ("ode", "simulate"):
+        code, out, _ = cli(command, "--help")
+        for name in OPTIONS:
+            assert f"--{name.replace('_', '-')}" in out
+        for option in ("--weight-decay", "--batch", "--activation", "--max-norm", "--quiet"):
+            assert option in out
+    code, out, _ = cli("simulate", "--help")
+    assert "--test-set SIZE" in out
+    code, out, _ = cli("demo", "--help")
+    assert "--quiet" in out
+
+
+def test_new_files_follow_the_umask(cli, tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        code, _, err = cli("ode", *TINY, "--out", "m.h5")
+        assert code == 0, err
+        code, _, err = cli("plot", "m.h5")
+        assert code == 0, err
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.h5").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "m.png").stat().st_mode & 0o777 == 0o644
