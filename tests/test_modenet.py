@@ -222,6 +222,7 @@ def test_mnist_idx_loader_on_tiny_files(tmp_path, monkeypatch):
 
 def test_mnist_errors_are_clear(tmp_path, monkeypatch):
     monkeypatch.delenv("ONLINEMDL_MNIST", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="ONLINEMDL_MNIST"):
         mnist()
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -248,7 +248,7 @@ def add_subparser(subparsers):
                         f"{mnist_data.cache_dir()})")
     t.add_argument("--data-seed", type=int, default=0, help="seed of the train/test (and validation) split or of the toy data")
     t.add_argument("--kind", choices=KINDS, default="modes", help="layer kind of every layer")
-    t.add_argument("--hidden", type=_ints, default=[128], help="hidden widths, comma-separated")
+    t.add_argument("--hidden", type=_ints, default="128", help="hidden widths, comma-separated")
     t.add_argument("--p", type=int, default=None, help="modes (rank) per layer (default: round(ln N) of the widest layer)")
     t.add_argument("--activation", choices=("relu", "tanh", "erf", "linear"), default="relu", help="hidden activation")
     t.add_argument("--epochs", type=int, default=20, help="most epochs")
@@ -275,7 +275,7 @@ def add_subparser(subparsers):
                                    "<out>/analysis.h5 and one figure per analysis; outputs are checked first.")
     a.add_argument("model", nargs="?", help="model file written by 'modenet train'")
     a.add_argument("--what", type=lambda s: [w.strip() for w in s.split(",") if w.strip()],
-                   default=["importance", "ablation", "representations"],
+                   default="importance,ablation,representations",
                    help=f"comma-separated analyses among {', '.join(ANALYSES)}")
     a.add_argument("--data", choices=DATASETS, default=None, help="data set (default: the model's training data)")
     a.add_argument("--mnist", metavar="PATH", default=None,
@@ -284,8 +284,8 @@ def add_subparser(subparsers):
     a.add_argument("--compare", metavar="MODEL", default=None, help="a second model (e.g. dense) for the representations")
     a.add_argument("--n-random", type=int, default=10, help="random draws per k in the ablation")
     a.add_argument("--n-boot", type=int, default=100, help="bootstrap refits of the power-law fit")
-    a.add_argument("--widths", type=_ints, default=[16, 32, 64, 128], help="widths of the modes scan, comma-separated")
-    a.add_argument("--p-list", type=_ints, default=[1, 2, 4, 8, 16, 32], help="p values of the modes scan, comma-separated")
+    a.add_argument("--widths", type=_ints, default="16,32,64,128", help="widths of the modes scan, comma-separated")
+    a.add_argument("--p-list", type=_ints, default="1,2,4,8,16,32", help="p values of the modes scan, comma-separated")
     a.add_argument("--seeds", type=int, default=1, help="seeds per point of the modes scan")
     a.add_argument("--target", type=float, default=0.95, help="fraction of dense accuracy defining p_min")
     a.add_argument("--epochs", type=int, default=20, help="epochs of each network trained by modes-scan and cost")

@@ -62,7 +62,7 @@ def _open(path):
     if path is None or not str(path):
         raise ValueError("path is empty")
     if os.path.isdir(path):
-        raise IsADirectoryError(f"{path}: is a folder, not an HDF5 file")
+        raise ValueError(f"{path}: is a folder, not an HDF5 file")
     check_readable(path)
     try:
         return h5py.File(path, "r")

@@ -139,7 +139,18 @@ def download_mnist(folder=None, mirrors=None, timeout=60.0, verbose=True) -> Pat
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"MNIST folder {str(folder)!r} is not a folder")
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _download_all(folder, mirrors, timeout, verbose)
+    except BaseException:
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # leave nothing behind
+        raise
+    return folder
+
+
+def _download_all(folder, mirrors, timeout, verbose):
     for name, expected in SHA256.items():
         target = folder / name
         if target.is_file() and _sha256(target) == expected:
@@ -148,7 +159,7 @@ def download_mnist(folder=None, mirrors=None, timeout=60.0, verbose=True) -> Pat
             continue
         failures = []
         for base in mirrors:
-            url = base if base.endswith(name) else base.rstrip("/") + "/" + name
+            url = base.rstrip("/") + "/" + name
             try:
                 with staged_files(target) as (tmp,):
                     _fetch(url, tmp, expected, timeout)
@@ -160,7 +171,6 @@ def download_mnist(folder=None, mirrors=None, timeout=60.0, verbose=True) -> Pat
             break
         else:
             raise OSError(f"could not download {name} into {folder}: " + "; ".join(failures))
-    return folder
 
 
 def mnist(path=None, dtype="float64", limit=None, download=False, mirrors=None) -> Dataset:
