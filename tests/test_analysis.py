@@ -294,9 +294,67 @@ def test_specialization_simulation_replica(classic):
         an.specialization(sim, replica=2)
 
 
+def test_specialization_does_not_move_on_the_symmetric_fixed_point(saddle):
+    """A student sitting on the symmetric saddle: overlaps ~0.26 with every teacher node, progress exactly 0."""
+    fp, _ = saddle
+    n = 50
+    alpha = np.geomspace(1.0, 1e4, n)
+    Q = np.broadcast_to(fp.state["Q"], (n, 3, 3)).copy()
+    R = np.broadcast_to(fp.state["R"], (n, 3, 3)).copy()
+    R[0] += 1e-3 * np.eye(3)  # a little symmetry breaking at the start only
+    traj = om.Trajectory(alpha=alpha, steps=np.zeros(n, int), eps_g=np.zeros(n), Q=Q, R=R, T=np.eye(3))
+    spec = an.specialization(traj)
+    assert np.abs(spec.progress).max() < 5e-3
+    assert spec.kind == "none" and list(spec.node_kind) == ["none"] * 3
+
+
+def test_specialization_kinds_classic_k2_issue_case():
+    """Issue 11's case: K = M = 2, small init, eta = 0.5: sudden, both nodes together, flat on the plateau."""
+    teacher = om.Teacher.orthonormal(1000, 2, seed=0)
+    student = om.Student.full(1000, 2, init="small", seed=1)
+    traj = om.integrate(student, teacher, eta=0.5, alpha_max=2000)
+    spec = an.specialization(traj)
+    assert spec.kind == "sudden" and list(spec.node_kind) == ["sudden", "sudden"]
+    assert np.all(spec.width < 0.3) and spec.spread < 0.1
+    assert np.all((spec.onset > 500) & (spec.end < 1200))
+    on_plateau = (traj.alpha > 50) & (traj.alpha < 400)  # the symmetric plateau is not progress
+    assert np.abs(spec.progress[on_plateau]).max() < 0.15
+    assert "sudden" in spec.summary()
+
+
+def test_specialization_kinds_settings(classic, modes):
+    assert an.specialization(classic[0]).kind == "sudden"
+    spec = an.specialization(modes[0])
+    assert spec.kind == "continuous" and np.median(spec.width) > 1.0
+    teacher = om.Teacher.orthonormal(100, 2, seed=0)
+    at_teacher = om.Student.full(100, 2, init="informed", teacher=teacher, overlap=1.0, seed=1)
+    spec = an.specialization(om.integrate(at_teacher, teacher, eta=0.5, alpha_max=100))
+    assert spec.kind == "none" and np.all(np.isnan(spec.width))
+
+
+@pytest.mark.slow
+def test_specialization_kinds_on_the_sgd_replica_mean():
+    """The replica mean with aligned nodes: sudden for the classic committee, continuous for the mode setting."""
+    teacher = om.Teacher.orthonormal(500, 2, seed=0, vt=1.0)
+    student = om.Student.full(500, 2, init="small", seed=1, v=1.0)
+    sim = om.simulate(student, teacher, eta=0.5, alpha_max=600, replicas=4, seed=0, method="gram")
+    spec = an.specialization(sim)
+    assert spec.replicas == 4 and spec.sem is not None and spec.kind == "sudden"
+    assert all(an.specialization(sim, replica=k).kind == "sudden" for k in range(4))
+    teacher = om.Teacher.modes(30, 8, seed=0)
+    student = om.Student.from_teacher_modes(teacher, train=("xi",), seed=1)
+    sim = om.simulate(student, teacher, eta=5.0, alpha_max=3e4, points=120, replicas=2, seed=0, method="gram")
+    spec = an.specialization(sim)
+    assert spec.replicas == 2 and spec.kind == "continuous" and np.median(spec.width) > 1.0
+
+
 def test_specialization_threshold_error(classic):
     with pytest.raises(ValueError, match="threshold"):
         an.specialization(classic[0], threshold=0.0)
+    with pytest.raises(ValueError, match="levels"):
+        an.specialization(classic[0], levels=(0.6, 0.8))
+    with pytest.raises(ValueError, match="sudden"):
+        an.specialization(classic[0], sudden=0.0)
 
 
 # --------------------------------------------------------------------------------------
