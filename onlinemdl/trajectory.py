@@ -159,11 +159,13 @@ class Trajectory:
 
     def at(self, alpha) -> int:
         """Index of the grid point nearest to ``alpha`` (a finite number)."""
+        if isinstance(alpha, (str, bytes, bool, np.bool_)) or np.ndim(alpha) != 0:
+            raise TypeError(f"alpha must be a number, got {type(alpha).__name__}")
         try:
             value = float(alpha)
         except (TypeError, ValueError):
             raise TypeError(f"alpha must be a number, got {type(alpha).__name__}") from None
-        if not np.isfinite(value) or isinstance(alpha, (bool, np.bool_)):
+        if not np.isfinite(value):
             raise ValueError(f"alpha must be a finite number, got {alpha!r}")
         if self.alpha.size == 0:
             raise ValueError("alpha: the trajectory has no output times")

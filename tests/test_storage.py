@@ -198,3 +198,117 @@ def test_reader_sees_old_or_new_file_during_writes(tmp_path):
         proc.kill()
         proc.wait(30)
     assert len(seen) >= 2  # several versions of the file, each complete
+
+
+# --------------------------------------------------------------------------------------
+# Hardening (issue 10): concurrent writers, targets checked first, corrupt inputs named
+# --------------------------------------------------------------------------------------
+def _small(i, n=20):
+    return Trajectory(alpha=np.arange(n, dtype=float), steps=np.arange(n), eps_g=np.full(n, float(i)),
+                      Q=np.full((n, 2, 2), float(i)), R=np.zeros((n, 2, 2)), T=np.eye(2), params={"i": i})
+
+
+def test_concurrent_saves_to_one_file_keep_every_group(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+    path = tmp_path / "race.h5"
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: save_trajectory(_small(i), path, name=f"run{i}"), range(24)))
+    with h5py.File(path, "r") as f:
+        assert sorted(f, key=lambda k: int(k[3:])) == [f"run{i}" for i in range(24)]
+    assert [p.name for p in tmp_path.iterdir()] == ["race.h5"]  # no lock or temp file left
+
+
+RACER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from onlinemdl.storage import save_trajectory
+    from onlinemdl.trajectory import Trajectory
+    path, k, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    n = 50
+    time.sleep(max(0.0, start - time.time()))
+    for j in range(5):
+        t = Trajectory(alpha=np.arange(n, dtype=float), steps=np.arange(n), eps_g=np.full(n, 1.0 * k),
+                       Q=np.ones((n, 2, 2)), R=np.ones((n, 2, 2)), T=np.eye(2))
+        save_trajectory(t, path, name=f"p{k}_{j}")
+""")
+
+
+@pytest.mark.slow
+def test_concurrent_processes_saving_to_one_file_lose_nothing(tmp_path):
+    path = tmp_path / "race.h5"
+    start = time.time() + 3.0
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(path), str(k), str(start)]) for k in range(3)]
+    assert [p.wait(120) for p in procs] == [0, 0, 0]
+    with h5py.File(path, "r") as f:
+        assert sorted(f) == sorted(f"p{k}_{j}" for k in range(3) for j in range(5))
+
+
+def test_targets_are_checked_first_and_name_the_users_path(tmp_path):
+    traj = _small(0)
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(ValueError, match="target: .*adir is a directory"):
+        save_trajectory(traj, tmp_path / "adir")
+    with pytest.raises(FileNotFoundError, match=r"target: .*missing/x\.h5: the folder .*missing does not exist"):
+        save_trajectory(traj, tmp_path / "missing" / "x.h5")
+    with pytest.raises(ValueError, match="target must name a file"):
+        save_trajectory(traj, "")
+    path = tmp_path / "x.h5"
+    save_trajectory(traj, path, name="run")
+    with pytest.raises(ValueError, match=rf"name: {path} already holds 'run'") as err:
+        save_trajectory(traj, path, name="run")
+    assert ".tmp" not in str(err.value)
+    (tmp_path / "trunc.h5").write_bytes(path.read_bytes()[:800])
+    with pytest.raises(ValueError, match=r"trunc\.h5: cannot be opened as HDF5, truncated or corrupt"):
+        save_trajectory(traj, tmp_path / "trunc.h5")
+    with pytest.raises(ValueError, match=r"trunc\.h5: cannot be opened as HDF5"):
+        load_trajectory(tmp_path / "trunc.h5")
+    with pytest.raises(ValueError, match="adir: is a directory, not an HDF5 file"):
+        load_trajectory(tmp_path / "adir")
+    with pytest.raises(TypeError, match="traj must be a Trajectory"):
+        save_trajectory({"eps_g": 1}, path, name="d")
+    with pytest.raises(ValueError, match="name must be a relative group path"):
+        save_trajectory(traj, path, name="a//b")
+    with pytest.raises(TypeError, match="name must be a str"):
+        save_trajectory(traj, path, name=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "trunc.h5", "x.h5"]
+
+
+def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
+    path = tmp_path / "x.h5"
+    save_trajectory(_small(0), path, name="a")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".x.h5.{int(dead.stdout)}.deadbeef.tmp.h5"
+    stale.write_bytes(b"half a file")
+    save_trajectory(_small(1), path, name="b")
+    assert not stale.exists() and load_trajectory(path, "b").params == {"i": 1}
+
+
+def test_all_diverged_mean_sem_and_summary():
+    traj = _sgd_by_hand(3)
+    traj.diverged = np.array([True, True, True])
+    traj.alpha_diverged = np.array([0.25, 0.5, 0.25])
+    traj.eps_g[0, 2:] = np.nan
+    traj.eps_g[1, 3:] = np.nan
+    traj.eps_g[2, 2:] = np.nan
+    mean, sem = traj.mean().eps_g, traj.sem().eps_g
+    assert np.allclose(mean[:2], traj.eps_g[:, :2].mean(axis=0)) and mean[2] == traj.eps_g[1, 2]
+    assert np.isnan(mean[3:]).all() and sem[2] == 0.0 and np.isfinite(sem[:2]).all()
+    text = traj.summary()
+    assert "all 3 replicas diverged" in text and "nan" not in text and "at alpha = 0.5" in text
+
+
+def test_at_refuses_non_finite_alpha():
+    traj = _small(0)
+    assert traj.at(3.2) == 3
+    for bad in (float("nan"), float("inf"), None, "1"):
+        with pytest.raises((ValueError, TypeError), match="alpha must be"):
+            traj.at(bad)
+
+
+def test_nan_weights_set_after_construction_are_named():
+    teacher, student = _modes_pair()
+    student.Xi[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"student\.Xi holds non-finite values"):
+        om.simulate(student, teacher, eta=1.0, alpha_max=1.0)
+    with pytest.raises(ValueError, match=r"student\.Xi holds non-finite values"):
+        om.integrate(student, teacher, eta=1.0, alpha_max=1.0)
