@@ -18,6 +18,7 @@ from .trajectory import Trajectory
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442", "#000000")
 ALPHA_LABEL = r"$\alpha$ = steps / $N$ (SGD updates per input dimension)"
 PLATEAU_COLOR = "0.88"
+SHOULDER_COLOR = "#DCEBF7"
 
 
 def palette(n: int) -> list:
@@ -40,16 +41,24 @@ def _positive(alpha, *arrays):
     return (alpha[keep],) + tuple(a[..., keep] for a in arrays)
 
 
-def _shade(ax, plateaus):
-    for k, p in enumerate(plateaus):
-        ax.axvspan(p.start, p.end, color=PLATEAU_COLOR, zorder=0, lw=0, label="plateau" if k == 0 else None)
+def _shade(ax, features):
+    """Plateaus in grey, shoulders in pale blue (each labelled once)."""
+    seen = set()
+    for p in features:
+        kind = getattr(p, "kind", "plateau")
+        ax.axvspan(p.start, p.end, color=PLATEAU_COLOR if kind == "plateau" else SHOULDER_COLOR, zorder=0, lw=0,
+                   label=kind if kind not in seen else None)
+        seen.add(kind)
 
 
 def _plateaus(traj, plateaus):
+    """The features to shade: True finds plateaus and shoulders; a PlateauSearch gives both; a list is taken as is."""
     if plateaus is True:
-        return list(analysis.find_plateaus(traj))
+        return analysis.find_plateaus(traj).features
     if plateaus is False or plateaus is None:
         return []
+    if isinstance(plateaus, analysis.PlateauSearch):
+        return plateaus.features
     return list(plateaus)
 
 
@@ -70,8 +79,8 @@ def plot_eps_g(trajectories, labels=None, plateaus=True, ax=None) -> Figure:
     ----------
     trajectories : a Trajectory or a sequence of them.
     labels : legend labels (default: "ODE", "SGD (n replicas)").
-    plateaus : True shades the plateaus of the first trajectory (:func:`~onlinemdl.analysis.find_plateaus`);
-        a PlateauSearch or list of Plateau shades those; False none.
+    plateaus : True shades the plateaus (grey) and shoulders (pale blue) of the first trajectory
+        (:func:`~onlinemdl.analysis.find_plateaus`); a PlateauSearch or list of Plateau shades those; False none.
     ax : draw into this Axes instead of a new figure.
     """
     trajs = [trajectories] if isinstance(trajectories, Trajectory) else list(trajectories)
@@ -97,6 +106,52 @@ def plot_eps_g(trajectories, labels=None, plateaus=True, ax=None) -> Figure:
     ax.set_xlabel(ALPHA_LABEL)
     ax.set_ylabel(r"generalisation error $\epsilon_g$")
     ax.legend(frameon=False)
+    return fig
+
+
+def plot_local_exponent(trajectories, labels=None, smooth=None, features=True, ax=None) -> Figure:
+    """The learning curve and its local exponent ``s = -d ln eps_g / d ln alpha`` (two panels).
+
+    Top: ``eps_g`` (:func:`plot_eps_g`), plateaus and shoulders of the first trajectory shaded.
+    Bottom: ``s`` of each trajectory (:func:`~onlinemdl.analysis.local_exponent`: an ODE unsmoothed,
+    a simulation's replica mean with a band of one jackknife standard error), with the plateau
+    threshold ``flat`` and the flattest point of each feature marked.
+
+    ``smooth`` is passed to :func:`~onlinemdl.analysis.local_exponent`; ``ax``: two Axes (top, bottom).
+    """
+    trajs = [trajectories] if isinstance(trajectories, Trajectory) else list(trajectories)
+    if not trajs:
+        raise ValueError("trajectories must hold at least one Trajectory")
+    if labels is not None and len(labels) != len(trajs):
+        raise ValueError(f"labels must have one entry per trajectory ({len(trajs)}), got {len(labels)}")
+    if ax is None:
+        fig = Figure(figsize=(6.5, 6.0), layout="constrained")
+        ax0, ax1 = fig.subplots(2, 1, sharex=True, height_ratios=[1.2, 1])
+    else:
+        ax0, ax1 = ax
+        fig = ax0.figure
+    found = analysis.find_plateaus(trajs[0], smooth=smooth) if features is True else features
+    feats = _plateaus(trajs[0], found if found is not None else False)
+    plot_eps_g(trajs, labels=labels, plateaus=feats, ax=ax0)
+    ax0.set_xlabel("")
+    _shade(ax1, feats)
+    for k, (t, color) in enumerate(zip(trajs, palette(len(trajs)))):
+        le = analysis.local_exponent(t, smooth=smooth)
+        label = labels[k] if labels is not None else _default_label(t)
+        if le.sem is not None:
+            ax1.fill_between(le.alpha, le.exponent - le.sem, le.exponent + le.sem, color=color, alpha=0.3, lw=0)
+            label = f"{label}, smoothed {le.smooth:g} dec., $\\pm$ s.e."
+        ax1.plot(le.alpha, le.exponent, color=color, lw=1.5, label=label)
+    for p in feats:
+        ax1.plot([p.center], [p.slope], "v" if p.kind == "plateau" else "o", color="0.2", ms=5)
+    ax1.axhline(analysis.FLAT, color="0.5", ls="--", lw=1, label=f"plateau threshold {analysis.FLAT:g}")
+    ax1.axhline(0.0, color="0.7", lw=0.8)
+    ax1.set_xscale("log")
+    ax1.set_xlabel(ALPHA_LABEL)
+    ax1.set_ylabel(r"local exponent $-d\ln\epsilon_g / d\ln\alpha$")
+    top = max([np.nanpercentile(analysis.local_exponent(t, smooth=smooth).exponent, 90) for t in trajs] + [1.0])
+    ax1.set_ylim(-0.3, min(4.0, 1.3 * top))
+    ax1.legend(frameon=False, fontsize="small")
     return fig
 
 
@@ -134,11 +189,14 @@ def plot_overlaps(traj: Trajectory, alphas, replica=0, match=True) -> Figure:
 
 
 def plot_specialization(traj: Trajectory, replica=0, threshold=0.5) -> Figure:
-    """Specialization index and progress of each student node against alpha.
+    """Specialization index and the specialization measure of each student node against alpha.
 
     Left: index (largest minus second-largest normalised overlap), with the threshold and each
-    node's ``alpha_specialized``; right: progress towards the matched teacher node (sudden rise:
-    classic specialization; spread over decades: continuous).
+    node's ``alpha_specialized``; right: progress towards the matched teacher node with the part
+    shared by all teacher nodes removed (:func:`~onlinemdl.analysis.specialization`; sudden rise:
+    classic specialization; spread over decades: continuous), each node's onset and end marked,
+    the kind in the title. ``replica``: one replica of a simulation, or None for the aligned
+    replica mean (with a band of one standard error).
     """
     spec = analysis.specialization(traj, threshold=threshold, replica=replica)
     fig, (ax0, ax1) = _axes(None, ncols=2)
@@ -149,11 +207,19 @@ def plot_specialization(traj: Trajectory, replica=0, threshold=0.5) -> Figure:
         label = f"node {i}" + (f" → teacher {m}" if m >= 0 else "")
         ax0.plot(a, index[i], color=color, lw=1.5, label=label)
         ax1.plot(a, progress[i], color=color, lw=1.5, label=label)
+        if spec.sem is not None:
+            _, sem = _positive(spec.alpha, spec.sem.T)
+            ax1.fill_between(a, progress[i] - sem[i], progress[i] + sem[i], color=color, alpha=0.25, lw=0)
         if np.isfinite(spec.alpha_specialized[i]):
             ax0.axvline(spec.alpha_specialized[i], color=color, ls=":", lw=1)
+        for when, level in ((spec.onset[i], spec.criterion["levels"][0]), (spec.end[i], spec.criterion["levels"][1])):
+            if np.isfinite(when):
+                ax1.plot([when], [level], "|", color=color, ms=10, mew=2)
     ax0.axhline(threshold, color="0.5", ls="--", lw=1, label=f"threshold {threshold:g}")
     ax0.set_ylabel("specialization index\n(largest − second-largest overlap)")
-    ax1.set_ylabel("progress to matched teacher node")
+    ax1.set_ylabel("specialization: progress to matched teacher node\n(symmetric part removed)")
+    ax1.set_title(f"{spec.kind} (widths {', '.join('-' if not np.isfinite(w) else f'{w:.2f}' for w in spec.width)} "
+                  "decades)", fontsize="small")
     for ax in (ax0, ax1):
         ax.set_xscale("log")
         ax.set_xlabel(ALPHA_LABEL)
@@ -194,4 +260,5 @@ def plot_modes(traj: Trajectory, teacher=None, P=None, plateaus=True, replica=No
     return fig
 
 
-__all__ = ["OKABE_ITO", "palette", "plot_eps_g", "plot_overlaps", "plot_specialization", "plot_modes"]
+__all__ = ["OKABE_ITO", "palette", "plot_eps_g", "plot_local_exponent", "plot_overlaps", "plot_specialization",
+           "plot_modes"]

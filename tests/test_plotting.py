@@ -104,3 +104,25 @@ def test_palette_is_colour_blind_safe():
     assert pl.palette(3) == list(pl.OKABE_ITO[:3])
     many = pl.palette(12)
     assert len(many) == 12 and len({tuple(np.round(to_rgb(c), 6)) for c in many}) == 12
+
+
+@pytest.mark.parametrize("sim", [False, True])
+def test_plot_local_exponent(modes, sim):
+    traj, _ = modes
+    trajs = [traj, as_simulation(traj)] if sim else traj
+    fig = pl.plot_local_exponent(trajs)
+    check(fig, 2)
+    top, bottom = fig.axes
+    assert "exponent" in bottom.get_ylabel() and bottom.get_xscale() == "log"
+    labels = [t.get_text() for t in top.get_legend().get_texts()]
+    assert "shoulder" in labels  # the mode setting's stages are shoulders, shaded in their own colour
+    if sim:
+        assert any("s.e." in t.get_text() for t in bottom.get_legend().get_texts())
+    with pytest.raises(ValueError, match="trajectories"):
+        pl.plot_local_exponent([])
+
+
+def test_plot_specialization_replica_mean(classic):
+    fig = pl.plot_specialization(as_simulation(classic), replica=None)
+    check(fig, 2)
+    assert "sudden" in fig.axes[1].get_title()
