@@ -220,9 +220,173 @@ def test_interactive_run_function_is_refused_before_anything_is_written(tmp_path
         raise AssertionError("must not run")
 
     myrun.__module__, myrun.__qualname__ = "__main__", "myrun"  # as defined in a notebook cell
+    monkeypatch.setattr("onlinemdl.scan.start_method", lambda: "spawn")  # a notebook has threads: no fork
     monkeypatch.setattr(sys.modules["__main__"], "myrun", myrun, raising=False)
     monkeypatch.delattr(sys.modules["__main__"], "__file__", raising=False)
     store = tmp_path / "s.h5"
     with pytest.raises(ValueError, match="interactively"):
         scan({"eta": [1.0]}, run=myrun, store=str(store), progress=False)
     assert not store.exists()
+
+
+# --------------------------------------------------------------------------------------
+# Hardening (issue 10) and the default executor (issue 13)
+# --------------------------------------------------------------------------------------
+def test_bad_points_are_refused_before_any_worker_starts(tmp_path):
+    store = tmp_path / "s.h5"
+    for grid, fixed, message in [({"eta": ["5"]}, TINY, r"grid: point \{'eta': '5'\}: eta must be a finite number > 0"),
+                                 ({"eta": [1.0]}, {**TINY, "alpha_max": "1e4"}, "alpha_max must be a finite number > 0"),
+                                 ({"N": [10.5]}, {"M": 2}, "N must be an integer >= 1, got 10.5"),
+                                 ({"student_seed": [-1]}, TINY, "student_seed must be an integer >= 0, got -1"),
+                                 ({"method": ["foo"]}, TINY, "method must be one of 'auto'")]:
+        with pytest.raises(ValueError, match=message):
+            scan(grid, store=store, fixed=fixed, progress=False)
+    with pytest.raises(ValueError, match=r"grid: point \{'seed': 1.5\}: seed must be an integer >= 0"):
+        from onlinemdl.recipes import run_simulation
+        scan({"seed": [1.5]}, run=run_simulation, store=store, fixed=TINY, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_or_a_corrupt_file_as_the_store_is_named(tmp_path):
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(ValueError, match="store: .*adir is a directory"):
+        scan({"rate": [1.0]}, run=toy, store=tmp_path / "adir", executor=threads(), progress=False)
+    with pytest.raises(ValueError, match="adir: is a directory, not an HDF5 file"):
+        load_scan(tmp_path / "adir")
+    good = tmp_path / "good.h5"
+    scan({"rate": [1.0, 2.0]}, run=toy, store=good, executor=threads(), progress=False)
+    (tmp_path / "trunc.h5").write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(ValueError, match=r"trunc\.h5: cannot be opened as HDF5, truncated or corrupt"):
+        load_scan(tmp_path / "trunc.h5")
+    with pytest.raises(ValueError, match=r"trunc\.h5: cannot be opened as HDF5"):
+        scan({"rate": [1.0]}, run=toy, store=tmp_path / "trunc.h5", executor=threads(), progress=False)
+
+
+@pytest.mark.slow  # importing xarray and pandas takes seconds
+def test_to_xarray_and_to_dataframe(tmp_path):
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("pandas")
+    res = scan({"rate": [0.0, 1.0, 2.0], "shift": [0.0, 0.5]}, run=toy, store=tmp_path / "s.h5", executor=threads(),
+               fixed={"delay": 0.0}, progress=False)
+    ds = res.to_xarray(fields=("eps_g", "Q"))
+    assert isinstance(ds, xr.Dataset)
+    assert ds["eps_g"].dims == ("rate", "shift", "alpha") and list(ds["rate"].values) == [0.0, 1.0, 2.0]
+    assert np.array_equal(ds["alpha"].values, np.linspace(0, 1, 4)) and ds.attrs["delay"] == 0.0
+    assert np.array_equal(ds["eps_g"].values, res["eps_g"]) and ds["Q"].shape == (3, 2, 4, 1, 1)
+    assert float(ds["eps_g"].sel(rate=2.0, shift=0.5, alpha=1.0)) == np.exp(-2.0) + 0.5
+    assert list(ds["status"].values.ravel()) == ["ok"] * 6
+    df = res.to_dataframe()
+    assert len(df) == 6 * 4 and list(df.columns) == ["rate", "shift", "alpha", "status", "eps_g"]
+    row = df[(df.rate == 1.0) & (df["shift"] == 0.0) & (df.alpha == 1.0)]
+    assert float(row.eps_g.iloc[0]) == np.exp(-1.0)
+    pts = scan([{"n": 3}, {"n": 1}], run=ragged, store=tmp_path / "r.h5", executor=threads(), progress=False)
+    ds = pts.to_xarray()
+    assert ds["value"].dims == ("point",) and list(ds["n"].values) == [3, 1] and list(ds["value"].values) == [9.0, 1.0]
+    assert list(pts.to_dataframe()["value"]) == [9.0, 1.0]
+
+
+@pytest.mark.slow
+def test_to_xarray_of_simulations_with_replicas_and_a_diverged_point(tmp_path):
+    pytest.importorskip("xarray")
+    pytest.importorskip("pandas")
+    from onlinemdl.recipes import run_simulation
+    res = scan({"eta": [0.5, 1e4]}, run=run_simulation, store=tmp_path / "s.h5",
+               fixed={**TINY, "replicas": 2, "threads": 1}, executor=threads(), progress=False)
+    ds = res.to_xarray()
+    assert ds["eps_g"].dims == ("eta", "replica", "alpha") and list(ds["status"].values) == ["ok", "diverged"]
+    assert np.isfinite(ds["eps_g"].sel(eta=0.5).values).all() and np.isnan(ds["eps_g"].sel(eta=1e4).values[:, -1]).all()
+    df = res.to_dataframe()
+    assert {"eps_g", "eps_g_sem"} <= set(df.columns) and len(df) == 2 * ds.sizes["alpha"]
+    assert np.isfinite(df[df.eta == 1e4].eps_g.iloc[0])  # all replicas diverged: the mean up to the divergence
+
+
+def suicide(n):
+    """A run whose point n = 2 kills its own worker process (as the OOM killer would)."""
+    import os
+    import signal
+    if n == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"value": float(n)}
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_reported_as_such_with_the_points_kept(tmp_path):
+    store = tmp_path / "w.h5"
+    with pytest.raises(RuntimeError, match=r"a worker process died \(killed, or out of memory\?\) while running "
+                                           r"\{'n': 2\}.* kept in .*w\.h5") as err:
+        scan([{"n": 0}, {"n": 1}, {"n": 2}], run=suicide, store=store, workers=1, progress=False)
+    assert "__main__" not in str(err.value)
+    assert load_scan(store).done.tolist() == [True, True, False]
+
+
+def _descendants(pid):
+    """Pids of the living descendants of ``pid`` (from /proc)."""
+    import os
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields_ = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields_[0] != "Z":
+                parents.setdefault(int(fields_[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+ORPHANS = textwrap.dedent("""
+    import importlib.util, os, sys
+    sys.path.insert(0, os.path.dirname(sys.argv[3]))
+    spec = importlib.util.spec_from_file_location(sys.argv[2], sys.argv[3])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[sys.argv[2]] = mod
+    spec.loader.exec_module(mod)
+    from onlinemdl.scan import scan
+    if __name__ == "__main__":
+        scan({"rate": [float(r) for r in range(40)]}, run=mod.toy, store=sys.argv[1], fixed={"delay": 0.3},
+             workers=2, progress=False)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_a_scan_leaves_no_process_and_no_open_pipe(tmp_path):
+    import os
+    import signal
+    script = tmp_path / "orphans.py"
+    script.write_text(ORPHANS)
+    store = tmp_path / "k.h5"
+    proc = subprocess.Popen([sys.executable, str(script), str(store), toy.__module__, __file__],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(list((tmp_path / "k.h5.journal").glob("*.h5"))) < 2:
+            time.sleep(0.01)
+        workers = _descendants(proc.pid)
+        assert len(workers) >= 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        start = time.time()
+        proc.stdout.read()  # returns once no process holds the pipe (a `scan | tail` ends)
+        assert time.time() - start < 10
+        deadline = time.time() + 10
+        while time.time() < deadline and any(os.path.exists(f"/proc/{w}") and _alive(w) for w in workers):
+            time.sleep(0.05)
+        assert not [w for w in workers if os.path.exists(f"/proc/{w}") and _alive(w)]
+    finally:
+        proc.kill()
+    assert load_scan(store).done.sum() >= 2
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
