@@ -29,8 +29,9 @@ from ..gaussian import LINEAR, joint_covariance
 from .kernels import field_averages
 from .system import OdeSystem, finite_difference_jacobian
 
-#: log2 of the number of quasi-Monte Carlo points of :func:`noise_covariance`.
-QMC_LOG2 = 13
+#: log2 of the number of quasi-Monte Carlo points of :func:`noise_covariance`: None chooses
+#: ``floor(log2(2e8 / d^2))`` clipped to [13, 16] for a state of size d (a fixed cost per node).
+QMC_LOG2 = None
 _SQRT2 = math.sqrt(2.0)
 _DG = math.sqrt(2.0 / math.pi)
 _POINTS: dict = {}
@@ -117,17 +118,20 @@ def _field_factor(G, S, T):
     return U[:, keep] * np.sqrt(w[keep])
 
 
-def noise_covariance(system: OdeSystem, y, log2: int = QMC_LOG2, return_mean: bool = False):
+def noise_covariance(system: OdeSystem, y, log2: int | None = QMC_LOG2, return_mean: bool = False):
     """``V(y)``: N^2 x the covariance of one SGD step's change of the state vector.
 
     ``V = Cov(F) / b`` with ``F`` = :func:`increments` of one sample, averaged over the Gaussian
     fields by randomised quasi-Monte Carlo (``2^log2`` scrambled Sobol points in the rank of the
-    field covariance, plus one dimension for the label noise). Fluctuations of ``|x|^2 / N`` and
+    field covariance, plus one dimension for the label noise; default :data:`QMC_LOG2`). Fluctuations of ``|x|^2 / N`` and
     of the cross products of a batch enter at O(N^-1/2) and are left out. With
     ``return_mean``, also the cubature's mean of ``F`` (equal to ``system.rhs(y)`` up to the
     cubature error: a check).
     """
     G, S, C, st = _structure(system, y)
+    if log2 is None:
+        d = np.asarray(y).size
+        log2 = int(np.clip(math.floor(math.log2(2e8 / d**2)), 13, 16))
     L = _field_factor(G, S, system.T)
     noisy = system.dynamics.sigma > 0
     Z = _normal_points(L.shape[1] + noisy, log2)
@@ -239,7 +243,7 @@ def _step(J, V, h):
 
 
 def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: bool = True,
-              log2: int = QMC_LOG2):
+              log2: int | None = QMC_LOG2):
     """``Sigma`` and ``b`` at the ``nodes`` (increasing alpha) of an ODE solution ``ys``.
 
     ``Sigma0``, ``b0``: their initial values (default 0: runs started from the very networks
@@ -390,7 +394,7 @@ def initial_covariance(system: OdeSystem, y0, N: int, scale2: float) -> np.ndarr
     iu = list(zip(*np.triu_indices(r)))
     for x, (a, b) in enumerate(iu):
         for z, (c, e) in enumerate(iu):
-            Sig[x, z] = scale2**2 * ((a == c) * (b == e) + (a == e) * (b == c))
+            Sig[x, z] = scale2**2 * (int(a == c and b == e) + int(a == e and b == c))
     nq = len(iu)
     for a in range(r):
         for b in range(r):
@@ -437,7 +441,7 @@ def _interpolate(nodes, values, alpha):
 
 
 def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bool = True, rtol: float = 1e-8,
-            atol: float = 1e-10, log2: int = QMC_LOG2, dy_tol: float = 0.02, tol: float = 0.1,
+            atol: float = 1e-10, log2: int | None = QMC_LOG2, dy_tol: float = 0.02, tol: float = 0.1,
             per_decade: int = 10) -> dict:
     """The finite-N predictions at the output times ``alpha`` (starting at the initial state).
 

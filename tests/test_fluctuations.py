@@ -1,0 +1,301 @@
+"""Finite-N theory (onlinemdl/ode/fluctuations.py, theory/finite_size.md): the noise covariance and
+the finite-N drift against Monte Carlo in field space; the propagation step against direct
+integration; the predicted spread and bias of SGD against the exact finite-N Gram chain."""
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+from scipy.special import erf
+
+import onlinemdl as om
+from onlinemdl.ode import OdeSystem, fluctuations as fl
+
+
+# --------------------------------------------------------------------------------------
+# Field-space Monte Carlo of one SGD step (written independently of fluctuations.increments)
+# --------------------------------------------------------------------------------------
+def _g(z, act):
+    return erf(z / np.sqrt(2)) if act == "erf" else z
+
+
+def _dg(z, act):
+    return np.sqrt(2 / np.pi) * np.exp(-z**2 / 2) if act == "erf" else np.ones_like(z)
+
+
+def mc_steps(system, state, rng, n):
+    """N x (change of the state vector) of ``n`` independent SGD steps (batch b) in field space,
+    at leading order (|x|^2 / N = 1, x^s . x^s' / N = 0)."""
+    K, M, b = system.K, system.M, system.batch
+    modes = system.form == "modes"
+    G, S = (state["Rm"], state["S"]) if modes else (state["Q"], state["R"])
+    r = G.shape[0]
+    w, U = np.linalg.eigh(np.block([[G, S], [S.T, system.T]]))
+    L = U * np.sqrt(np.clip(w, 0, None))
+    C = state["A"] * state["lam"] if modes else np.eye(K)
+    v, vt, act, eta, kap = state["v"], system.vt, system.activation, system.eta, system.weight_decay
+    f = rng.standard_normal((n, b, r + M)) @ L.T
+    s, u = f[..., :r], f[..., r:]
+    h = s @ C.T
+    err = _g(h, act) @ v - _g(u, act) @ vt - system.sigma * rng.standard_normal((n, b))
+    delta = v * _dg(h, act) * err[..., None]
+    d = delta @ C
+    iu = np.triu_indices(r)
+    parts = []
+    if system.dynamics.trains_n:
+        dG = (-eta / b) * np.einsum("cba,cbe->cae", d, s)
+        dG = dG + dG.transpose(0, 2, 1) + (eta / b) ** 2 * np.einsum("cba,cbe->cae", d, d) - 2 * eta * kap * G
+        dS = (-eta / b) * np.einsum("cba,cbn->can", d, u) - eta * kap * S
+        parts += [dG[:, iu[0], iu[1]], dS.reshape(n, -1)]
+    else:
+        parts += [np.zeros((n, iu[0].size)), np.zeros((n, S.size))]
+    X = np.einsum("cbi,cbm->cim", delta, s) / b
+    if modes and "lam" in system.train:
+        parts.append(-system.eta_lam * np.einsum("im,cim->cm", state["A"], X))
+    if modes and "A" in system.train:
+        parts.append((-system.eta_A * state["lam"] * X).reshape(n, -1))
+    if "v" in system.train:
+        parts.append(-system.eta_v * np.einsum("cb,cbi->ci", err, _g(h, act)) / b)
+    return np.concatenate(parts, axis=1)
+
+
+def _gram(rng, n):
+    X = rng.standard_normal((n, n + 3)) * rng.uniform(0.5, 1.1, size=(n, 1))
+    return X @ X.T / (n + 3)
+
+
+def full_case(train=("w",), **kw):
+    rng = np.random.default_rng(5)
+    K, M = 3, 2
+    G = _gram(rng, K + M)
+    state = dict(Q=G[:K, :K], R=G[:K, K:], v=rng.uniform(0.3, 0.8, K))
+    system = OdeSystem.from_state(state, T=G[K:, K:], vt=rng.uniform(0.3, 0.8, M), train=train, eta=1.3,
+                                  eta_v=0.7, **kw)
+    return system, state
+
+
+def mode_case(train, **kw):
+    rng = np.random.default_rng(6)
+    K, M, p = 3, 2, 2
+    G = _gram(rng, p + M)
+    state = dict(Rm=G[:p, :p], S=G[:p, p:], A=rng.normal(0, 0.8, (K, p)), lam=rng.normal(0, 1.0, p),
+                 v=rng.uniform(0.3, 0.8, K))
+    system = OdeSystem.from_state(state, T=G[p:, p:], vt=rng.uniform(0.3, 0.8, M), train=train, eta=1.1,
+                                  eta_lam=0.5, eta_A=0.4, eta_v=0.6, **kw)
+    return system, state
+
+
+CASES = {
+    "full-w": lambda: full_case(),
+    "full-w+v-noise-decay": lambda: full_case(("w", "v"), sigma=0.4, weight_decay=0.2),
+    "full-batch3-linear": lambda: full_case(batch=3, activation="linear", sigma=0.2),
+    "modes-xi": lambda: mode_case(("xi",)),
+    "modes-all": lambda: mode_case(("xi", "lam", "A", "v"), sigma=0.3),
+    "modes-lam+A-batch2": lambda: mode_case(("lam", "A"), batch=2),
+}
+
+
+def covariance_with_errors(F, chunk=50_000):
+    """Sample covariance of the rows of F and the standard error of each entry."""
+    Fc = F - F.mean(0)
+    s1 = np.zeros((F.shape[1], F.shape[1]))
+    s2 = np.zeros_like(s1)
+    for i in range(0, len(F), chunk):
+        prod = Fc[i:i + chunk, :, None] * Fc[i:i + chunk, None, :]
+        s1 += prod.sum(0)
+        s2 += (prod**2).sum(0)
+    n = len(F)
+    mean = s1 / n
+    return mean, np.sqrt(np.maximum(s2 / n - mean**2, 0) / n)
+
+
+def check_noise_covariance(case, n_mc):
+    system, state = CASES[case]()
+    y = system.pack(state)
+    V, mean = fl.noise_covariance(system, y, log2=16, return_mean=True)
+    rhs = system.rhs(y)
+    np.testing.assert_allclose(mean, rhs, atol=1e-3 * np.abs(rhs).max())  # the cubature reproduces the drift
+    V_mc, se = covariance_with_errors(mc_steps(system, state, np.random.default_rng(1), n_mc))
+    z = np.abs(V - V_mc) / (se + 1e-12 * np.abs(V).max())
+    assert z.max() < 5.0, (case, z.max())
+    assert np.allclose(V, V.T)
+    assert np.linalg.eigvalsh(V).min() > -1e-10 * np.abs(V).max()
+    # the default cubature of a large state (2^13 points) is within 2% of the converged one
+    np.testing.assert_allclose(fl.noise_covariance(system, y, log2=13), V, atol=2e-2 * np.abs(V).max())
+
+
+def test_noise_covariance_matches_monte_carlo():
+    check_noise_covariance("full-w", 50_000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_noise_covariance_matches_monte_carlo_all_forms(case):
+    check_noise_covariance(case, 400_000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["full-w+v-noise-decay", "full-batch3-linear", "modes-all"])
+def test_finite_n_drift_matches_exact_step(case):
+    """f_1 (without the -J f / 2 of the time step) against N^2 E[step] - N rhs of the exact chain,
+    by Monte Carlo of its two random terms: dd^T (|z|^2 - r) and, for a batch, d^s d^s'^T z^s.z^s'."""
+    system, state = CASES[case]()
+    y = system.pack(state)
+    f1 = fl.finite_n_drift(system, y, J=np.zeros((y.size, y.size)))
+    modes = system.form == "modes"
+    G, S = (state["Rm"], state["S"]) if modes else (state["Q"], state["R"])
+    r, b = G.shape[0], system.batch
+    eta, kap = system.eta, system.weight_decay
+    cov = np.block([[G, S], [S.T, system.T]])
+    w, U = np.linalg.eigh(cov)
+    keep = w > 1e-12
+    L = U[:, keep] * np.sqrt(w[keep])
+    rank = int(keep.sum())
+    C = state["A"] * state["lam"] if modes else np.eye(system.K)
+    rng = np.random.default_rng(2)
+    n = 1_000_000
+    z = rng.standard_normal((n, 2, rank))
+    f = z @ L.T
+    s, u = f[..., :r], f[..., r:]
+    h = s @ C.T
+    act = system.activation
+    err = _g(h, act) @ state["v"] - _g(u, act) @ system.vt - system.sigma * rng.standard_normal((n, 2))
+    d = (state["v"] * _dg(h, act) * err[..., None]) @ C
+    samples = (eta**2 / b) * d[:, 0, :, None] * d[:, 0, None, :] * (np.sum(z[:, 0] ** 2, 1) - rank)[:, None, None]
+    if b > 1:
+        samples = samples + eta**2 * (b - 1) / b * d[:, 0, :, None] * d[:, 1, None, :] * \
+            np.sum(z[:, 0] * z[:, 1], 1)[:, None, None]
+    X = np.einsum("ca,ce->ae", d[:, 0], s[:, 0]) / n
+    exact = samples.mean(0) + eta**2 * kap**2 * G + eta**2 * kap * (X + X.T)
+    se = samples.std(0) / np.sqrt(n)
+    iu = np.triu_indices(r)
+    z_score = np.abs(f1[:iu[0].size] - exact[iu]) / (se[iu] + 1e-9)
+    assert z_score.max() < 5.0, (case, z_score.max(), f1[:iu[0].size], exact[iu])
+    np.testing.assert_array_equal(f1[iu[0].size:], 0.0)
+
+
+def test_propagation_step_matches_direct_integration():
+    rng = np.random.default_rng(3)
+    d = 5
+    J = rng.normal(size=(d, d)) - 2 * np.eye(d)
+    X = rng.normal(size=(d, d))
+    V = X @ X.T
+    S0 = np.eye(d) * 0.3
+    h = 0.7
+    Phi, Qh, Ih = fl._step(J, V, h)
+    sol = solve_ivp(lambda t, x: (J @ x.reshape(d, d) + x.reshape(d, d) @ J.T + V).ravel(), (0, h), S0.ravel(),
+                    rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(Phi @ S0 @ Phi.T + Qh, sol.y[:, -1].reshape(d, d), rtol=1e-7, atol=1e-9)
+    sb = solve_ivp(lambda t, x: J @ x + 1.0, (0, h), np.zeros(d), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(Ih @ np.ones(d), sb.y[:, -1], rtol=1e-7, atol=1e-10)
+
+
+def test_integrate_carries_the_predictions():
+    N = 100
+    teacher, student = om.Teacher.random(N, 2, seed=0), om.Student.full(N, 2, seed=1)
+    alpha = [0, 1, 5]
+    traj = om.integrate(student, teacher, eta=1.0, alpha=alpha, fluctuations=True)
+    plain = om.integrate(student, teacher, eta=1.0, alpha=alpha)
+    np.testing.assert_array_equal(traj.eps_g, plain.eps_g)
+    d = 3 + 4
+    assert traj.cov.shape == (3, d, d) and traj.bias.shape == (3, d)
+    assert traj.Q_sd.shape == (3, 2, 2) and traj.R_sd.shape == (3, 2, 2)
+    assert traj.eps_g_sd[0] == 0 and traj.eps_g_bias[0] == 0 and np.all(traj.eps_g_sd[1:] > 0)
+    assert traj.fluct_valid_until == np.inf and traj.params["fluctuations"] == "fixed"
+    np.testing.assert_allclose(traj.cov, traj.cov.transpose(0, 2, 1), atol=1e-15)
+    # the state covariance scales as 1/N
+    big = om.integrate(student, teacher, eta=1.0, alpha=alpha, fluctuations=True, N=10 * N)
+    np.testing.assert_allclose(big.cov[1:], traj.cov[1:] / 10, rtol=1e-9)
+    np.testing.assert_allclose(big.eps_g_sd[1:], traj.eps_g_sd[1:] / np.sqrt(10), rtol=1e-9)
+    assert plain.eps_g_sd is None and plain.cov is None
+    with pytest.raises(ValueError, match="fluctuations"):
+        om.integrate(student, teacher, eta=1.0, alpha=alpha, fluctuations="yes")
+    modes_t = om.Teacher.modes(N, 2, seed=0)
+    ms = om.Student.from_teacher_modes(modes_t, seed=1)
+    with pytest.raises(ValueError, match="reduced"):
+        om.integrate(ms, modes_t, eta=1.0, alpha=alpha, fluctuations=True, form="reduced")
+
+
+def test_fresh_initial_covariance_matches_sampled_networks():
+    N, K, M, reps = 80, 2, 2, 3000
+    teacher = om.Teacher.random(N, M, seed=0)
+    ys = []
+    for k in range(reps):
+        st = om.Student.full(N, K, seed=100 + k, scale=0.8)
+        op = st.order_parameters(teacher)
+        ys.append(np.concatenate((op["Q"][np.triu_indices(K)], op["R"].ravel())))
+    ys = np.array(ys)
+    system, state = OdeSystem.from_networks(om.Student.full(N, K, seed=1, scale=0.8), teacher, eta=1.0)
+    Sig = fl.initial_covariance(system, system.pack(state), N, 0.64)
+    emp = N * np.cov(ys.T)
+    np.testing.assert_allclose(emp, Sig, atol=0.12 * np.abs(Sig).max())
+    one = om.Student.full(N, K, seed=1, scale=0.8)
+    traj = om.integrate(one, teacher, eta=1.0, alpha=[0, 1], fluctuations="fresh")
+    assert traj.params["fluctuations"] == "fresh"
+    scale2 = np.trace(one.order_parameters(teacher)["Q"]) / K  # the networks' estimate of scale^2
+    np.testing.assert_allclose(traj.cov[0], fl.initial_covariance(system, system.pack(state), N, scale2) / N)
+    np.testing.assert_allclose(traj.Q[0], scale2 * np.eye(K))
+    np.testing.assert_allclose(traj.R[0], 0.0)
+
+
+# --------------------------------------------------------------------------------------
+# Against the exact finite-N chain
+# --------------------------------------------------------------------------------------
+def compare(student, teacher, eta, alpha, replicas, seed, sd_tol=0.1, z_bias=3.0, check_bias=True):
+    """Predicted sd of eps_g, Q, R within ``sd_tol`` of the measured ones at every valid output time
+    after the start; predicted bias of eps_g within ``z_bias`` standard errors of the measured gap."""
+    traj = om.integrate(student, teacher, eta=eta, alpha=alpha, fluctuations=True)
+    sim = om.simulate(student, teacher, eta=eta, alpha=traj.alpha, replicas=replicas, seed=seed, threads=2)
+    assert sim.status == "ok"
+    ok = (traj.alpha > 0) & (traj.alpha < traj.fluct_valid_until)
+    assert ok.sum() >= 3
+    e = sim.eps_g[:, ok]
+    for name, meas, pred in (("eps_g", e.std(0, ddof=1), traj.eps_g_sd[ok]),
+                             ("Q", sim.Q[:, ok].std(0, ddof=1), traj.Q_sd[ok]),
+                             ("R", sim.R[:, ok].std(0, ddof=1), traj.R_sd[ok])):
+        big = pred > 1e-3 * pred.max()  # entries that are not (nearly) constant
+        rel = np.abs(meas[big] / pred[big] - 1)
+        assert rel.max() < sd_tol, (name, rel.max())
+    gap, se = e.mean(0) - traj.eps_g[ok], e.std(0, ddof=1) / np.sqrt(replicas)
+    z = np.abs(gap - traj.eps_g_bias[ok]) / se
+    if check_bias:
+        assert z.max() < z_bias, (z, gap, traj.eps_g_bias[ok], se)
+    return traj, gap, se
+
+
+@pytest.mark.slow
+def test_spread_of_the_classic_committee_matches_the_gram_chain():
+    N = 100
+    teacher, student = om.Teacher.random(N, 2, seed=0), om.Student.full(N, 2, seed=1)
+    compare(student, teacher, 1.0, [0, 0.5, 1, 2, 5, 10, 20], 1000, 1)
+
+
+@pytest.mark.slow
+def test_bias_at_large_eta_matches_the_gram_chain():
+    """At eta = 4, N = 50 the SGD mean sits many standard errors off the ODE; the predicted bias
+    accounts for it."""
+    N = 50
+    teacher, student = om.Teacher.random(N, 2, seed=0), om.Student.full(N, 2, seed=1)
+    traj, gap, se = compare(student, teacher, 4.0, [0, 2, 5, 10, 20], 2500, 2)
+    assert np.max(np.abs(gap) / se) > 6  # the bias is measurable here
+    assert np.max(np.abs(gap - traj.eps_g_bias[1:]) / se) < 3
+
+
+@pytest.mark.slow
+def test_noise_decay_batch_and_second_layer():
+    N = 50
+    teacher = om.Teacher.random(N, 2, seed=0, sigma=0.3)
+    student = om.Student.full(N, 2, seed=1, weight_decay=0.1, batch=2, train=("w", "v"))
+    compare(student, teacher, 1.5, [0, 0.5, 1, 2, 5, 10], 1500, 3)
+
+
+@pytest.mark.slow
+def test_published_mode_setting_at_n30():
+    """The paper's on-line setting (M = K = 8, p = 3, only Xi trained, eta = 5) at N = 30."""
+    N, P = 30, 3
+    scale = om.model.mode_scale(N)
+    rng = np.random.default_rng(0)
+    A, lam = scale * rng.standard_normal((8, P)), scale * rng.standard_normal(P)
+    Xi_t = scale * rng.standard_normal((N, P))
+    teacher = om.Teacher((A * lam) @ Xi_t.T, A=A, lam=lam, Xi=Xi_t)
+    student = om.Student(A=A.copy(), lam=lam.copy(), Xi=scale * rng.standard_normal((N, P)), train=("xi",),
+                         v=teacher.vt.copy())
+    compare(student, teacher, 5.0, [0, 0.5, 1, 2, 5], 1000, 4)
