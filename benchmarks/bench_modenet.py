@@ -1,10 +1,13 @@
-"""Speed of the NumPy mode network on the digits.
+"""Speed of the NumPy mode network on the digits and on MNIST.
 
-1. Time per epoch (Adam, batch 32) of the mode network and of the dense baseline at equal width.
+1. Time per epoch (Adam, batch 32) of the mode network and of the dense baseline at equal width (digits).
 2. Time of one forward + backward pass against the floor: the same matrix products, on arrays of
    the same shapes, done once by NumPy with nothing else (target: within 1.5x of the floor).
+3. MNIST (when found: path, $ONLINEMDL_MNIST or the user cache): one epoch of 784-100-100-10 at batch
+   100 (Adam), modes p = 30 and dense, against the floor of that epoch, 600 passes' matrix products
+   (target: within 1.5x).
 
-Run: python benchmarks/bench_modenet.py [--quick] [--threads N]
+Run: python benchmarks/bench_modenet.py [--quick] [--threads N] [--mnist-only]
 
 BLAS runs on ``--threads`` threads (default 1, through threadpoolctl when installed): the
 products here are small, and a multi-threaded BLAS on a busy machine makes timings erratic.
@@ -15,7 +18,7 @@ import time
 
 import numpy as np
 
-from onlinemdl.modenet import Network, digits, fit
+from onlinemdl.modenet import Adam, Network, digits, fit, mnist
 
 
 def calls_for(fn, seconds=0.05):
@@ -70,6 +73,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer epochs and sizes")
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1)")
+    ap.add_argument("--mnist-only", action="store_true", help="only the MNIST epoch")
     args = ap.parse_args()
     try:
         from threadpoolctl import threadpool_limits
@@ -82,6 +86,50 @@ def main():
 
 
 def run(args):
+    if not args.mnist_only:
+        run_digits(args)
+    run_mnist(args)
+
+
+def run_mnist(args):
+    try:
+        d = mnist(dtype="float32")
+    except FileNotFoundError as err:
+        print(f"\nMNIST epoch skipped: {err}")
+        return
+    B = 100
+    n = len(d.X_train)
+    print(f"\nMNIST, 784-100-100-10, Adam, batch {B}: one update (mini-batch gather, forward + backward, Adam step) "
+          f"against the floor (the pass's matrix products alone), interleaved, best of rounds; and one whole epoch "
+          f"({n // B} updates) against {n // B} floors. BLAS threads {args.threads}; load average "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(f"{'kind':>8} {'dtype':>8} {'params':>7} {'update ms':>10} {'floor ms':>9} {'ratio':>6} "
+          f"{'epoch s':>8} {'floor s':>8} {'ratio':>6} {'test acc':>9}")
+    for kind in ("modes", "dense"):
+        for dtype in ("float32",) if args.quick else ("float32", "float64"):
+            X, Xt = d.X_train.astype(dtype), d.X_test.astype(dtype)
+            net = Network.build([784, 100, 100, 10], kind=kind, p=30, seed=0, dtype=dtype)
+            opt = Adam(1e-4)
+            order = np.random.default_rng(0).permutation(n)
+            pos = [0]
+
+            def update():
+                idx = order[pos[0]:pos[0] + B]
+                pos[0] = (pos[0] + B) % n
+                _, grads = net.loss_and_grad(X[idx], d.y_train[idx], check=False)
+                opt.step(net.params, grads)
+
+            t_update, t_floor = best_times([update, floor_products(net, B)], repeat=5 if args.quick else 15)
+            net = Network.build([784, 100, 100, 10], kind=kind, p=30, seed=0, dtype=dtype)
+            epochs = [fit(net, X, d.y_train, epochs=1, batch_size=B, lr=0.01, seed=r).seconds[0]
+                      for r in range(1 if args.quick else 3)]  # the least of a few: the machine is shared
+            t_epoch = min(epochs)
+            print(f"{kind:>8} {dtype:>8} {net.n_params():>7} {1e3 * t_update:>10.3f} {1e3 * t_floor:>9.3f} "
+                  f"{t_update / t_floor:>6.2f} {t_epoch:>8.3f} {t_floor * (n // B):>8.3f} "
+                  f"{t_epoch / (t_floor * (n // B)):>6.2f} {net.accuracy(Xt, d.y_test):>9.4f}")
+
+
+def run_digits(args):
     d = digits()
     width, p, epochs = 256, 32, 2 if args.quick else 5
     print(f"digits: {len(d.X_train)} training images; network 64-{width}-{width}-10, p = {p}; "

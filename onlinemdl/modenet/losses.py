@@ -18,8 +18,10 @@ def cross_entropy(z, y):
     e = np.exp(zs)
     total = e.sum(axis=1)
     rows = np.arange(B)
-    loss = float(np.mean(np.log(total) - zs[rows, y]))
-    dz = e / (B * total[:, None])  # p / B
+    picked = zs[rows, y]
+    loss = float(np.log(total).sum() - picked.sum()) / B
+    total *= B
+    dz = e / total[:, None]  # p / B
     dz[rows, y] -= 1.0 / B
     return loss, dz
 

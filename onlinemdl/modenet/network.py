@@ -258,10 +258,13 @@ class Network:
             return y.astype(np.intp, copy=False)
         return np.asarray(y, dtype=self.dtype)
 
-    def loss_and_grad(self, X, y):
-        """Batch-mean loss and its gradient, a dict over the trainable parameters."""
+    def loss_and_grad(self, X, y, check=True):
+        """Batch-mean loss and its gradient, a dict over the trainable parameters.
+
+        ``check=False`` skips the label check (for callers that checked the whole data set once).
+        """
         z = self.forward(X)
-        loss, dz = self._loss(z, self._target(y))
+        loss, dz = self._loss(z, self._target(y) if check else y)
         pairs = []
         for l in range(self.depth - 1, -1, -1):
             if l < self.depth - 1:

@@ -66,14 +66,20 @@ class Adam:
         corr = math.sqrt(1 - self.b2**self.t) / (1 - self.b1**self.t)
         for name, g in grads.items():
             if name not in self.state:
-                self.state[name] = (np.zeros_like(g), np.zeros_like(g))
-            m, v = self.state[name]
+                self.state[name] = tuple(np.zeros_like(g) for _ in range(4))  # m, v and two work arrays
+            m, v, t1, t2 = self.state[name]
             m *= self.b1
-            m += (1 - self.b1) * g
+            np.multiply(g, 1 - self.b1, out=t1)
+            m += t1  # m = b1 m + (1 - b1) g
             v *= self.b2
-            v += (1 - self.b2) * (g * g)
-            w = params[name]
-            w -= (self.lr * factor * corr * self.lr_scale.get(name, 1.0)) * m / (np.sqrt(v) + self.eps)
+            np.multiply(g, g, out=t1)
+            t1 *= 1 - self.b2
+            v += t1  # v = b2 v + (1 - b2) g^2
+            np.sqrt(v, out=t2)
+            t2 += self.eps
+            np.multiply(m, self.lr * factor * corr * self.lr_scale.get(name, 1.0), out=t1)
+            t1 /= t2
+            params[name] -= t1  # w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam}

@@ -88,6 +88,7 @@ def check_data(net, X, y, name="X", label_name="y"):
             raise ValueError(f"{label_name} must hold {net.n_outputs} number(s) per sample, got shape {y.shape}")
         if not np.all(np.isfinite(y)):
             raise ValueError(f"{label_name} holds non-finite values (NaN or inf)")
+        y = np.ascontiguousarray(y, dtype=net.dtype)
     return X, y
 
 
@@ -117,7 +118,7 @@ def fit(net, X, y, epochs=10, batch_size=32, optimizer="adam", lr=1e-3, momentum
         ``min_delta`` for ``patience`` epochs, and restore the parameters of the best epoch
         (status "stopped"). None: run all epochs, keep the last parameters.
     diverge_factor : the run diverges when the epoch's mean training loss is non-finite or exceeds
-        ``diverge_factor`` times the loss of the initial network on the training data.
+        ``diverge_factor`` times the loss of the initial network on the first mini-batch.
     track_train : evaluate the training accuracy after every epoch (NaN in the record otherwise;
         it costs a forward pass over the training data).
     """
@@ -140,9 +141,7 @@ def fit(net, X, y, epochs=10, batch_size=32, optimizer="adam", lr=1e-3, momentum
     factor = schedule if callable(schedule) else make_schedule(schedule, epochs, **schedule_kw)
     rng = np.random.default_rng(seed)
     n = X.shape[0]
-    with np.errstate(over="ignore", invalid="ignore"):
-        initial = float(net.loss(X[:min(n, 10000)], y[:min(n, 10000)]))
-    limit = diverge_factor * max(initial, 1e-12)
+    initial = limit = None  # the loss of the first mini-batch, before its update, sets the divergence limit
     rec = {k: [] for k in History.ARRAYS}
     status, message, best_epoch, best_val, diverged_at, since_best = "ok", "", -1, -np.inf, -1, 0
     good = {k: v.copy() for k, v in net.params.items()}  # parameters of the epoch the network will hold
@@ -158,7 +157,10 @@ def fit(net, X, y, epochs=10, batch_size=32, optimizer="adam", lr=1e-3, momentum
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by the status
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
-                loss, grads = net.loss_and_grad(X[idx], y[idx])
+                loss, grads = net.loss_and_grad(X[idx], y[idx], check=False)
+                if initial is None:
+                    initial = float(loss)
+                    limit = diverge_factor * max(abs(initial), 1e-12) if np.isfinite(initial) else np.inf
                 opt.step(net.params, grads, f)
                 total += loss * len(idx)
         seconds = time.perf_counter() - t0
