@@ -3,12 +3,14 @@ exact Gram chain, run to its recording steps.
 
 Two methods give the same process in distribution:
 
-* ``"explicit"``: N-dimensional weights, one fresh Gaussian input per step; the forward
-  pass and the update are fused in one sweep over the input.
+* ``"explicit"``: N-dimensional weights, one fresh Gaussian input per step; the draw of the
+  next input, this step's update and the next step's fields (trained and teacher rows) are
+  fused in one pass over the weights, tiled by inputs.
 * ``"gram"``: the exact reduced chain. SGD sees ``x`` only through the fields
-  ``f = (u, s)`` (teacher, trained rows) and ``|x|^2``; given the Gram matrix ``G`` of the
-  teacher and trained rows, ``f = L z`` with ``G = L L^T`` (semidefinite Cholesky, rank r),
-  ``z ~ N(0, I_r)`` and ``|x|^2 = |z|^2 + chi^2_{N-r}``. The cost per step is independent of N.
+  ``f = (u, s)`` (teacher, trained rows) and ``|x|^2``; given a factor ``F`` of the Gram matrix
+  ``G = F F^T`` of the teacher and trained rows, ``f = F z`` with ``z ~ N(0, I_{K+M})`` and
+  ``|x|^2 = |z|^2 + chi^2_{N-K-M}``. A step changes ``F`` by a low-rank amount, restored to
+  triangular form by Givens rotations: the cost per step is O((K + M)^2), independent of N.
 
 Both treat the full-weight student as the mode student with ``C = A diag(lam) = I``: the
 trained N-dimensional vectors are the rows of ``W`` (full) or the columns of ``Xi`` (modes),
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, uint64
 
 from ..dynamics import ACT, BATCH, DECAY, ETA, ETA_A, ETA_LAM, ETA_V, SIGMA, TRAIN_A, TRAIN_LAM, TRAIN_N, TRAIN_V
 from ..gaussian import dg, g
@@ -132,39 +134,72 @@ def _mixing(A, lam, C):
 # --------------------------------------------------------------------------------------
 # Explicit engine
 # --------------------------------------------------------------------------------------
+#: Inputs per tile of the sweep: the tile of the old and new inputs stays in L1 while every
+#: weight row (trained and teacher) passes over it, so the weights are read once per step.
+TILE = 512
+
+
+@njit(cache=True, nogil=True)
+def _draw(rng, X, j0, j1):
+    for b in range(X.shape[0]):
+        for j in range(j0, j1):
+            X[b, j] = rng.standard_normal()
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
-def _sweep1(Wt, shrink, coef, xold, xnew, fields):
-    """:func:`_sweep` for a batch of one (vectorises over j)."""
-    r, N = Wt.shape
-    for a in range(r):
+def _tile1(Wt, B, shrink, coef, xold, xnew, s, u, j0, j1):
+    """One tile of :func:`_draw_and_sweep` for a batch of one (vectorises over j; the unsigned
+    loop index spares the negative-index check that would keep it scalar)."""
+    for a in range(Wt.shape[0]):
         ca = coef[a]
         acc = 0.0
-        for j in range(N):
+        for j in range(uint64(j0), uint64(j1)):
             w = Wt[a, j] * shrink - ca * xold[j]
             Wt[a, j] = w
             acc += w * xnew[j]
-        fields[a] = acc
+        s[a] += acc
+    for n in range(B.shape[0]):
+        acc = 0.0
+        for j in range(uint64(j0), uint64(j1)):
+            acc += B[n, j] * xnew[j]
+        u[n] += acc
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
-def _sweep(Wt, shrink, coef, Xold, Xnew, fields):
-    """Apply the pending update and compute the next fields in one pass over the weights:
-    w_a <- shrink w_a - sum_b coef_ba x_b (old inputs), then s_ba = w_a . x_b (new inputs)."""
-    r, N = Wt.shape
+def _tile(Wt, B, shrink, coef, Xold, Xnew, S, U, j0, j1):
+    """One tile of :func:`_draw_and_sweep` for any batch."""
     batch = Xnew.shape[0]
-    if batch == 1:
-        _sweep1(Wt, shrink, coef[0], Xold[0], Xnew[0], fields[0])
-        return
-    for a in range(r):
-        for b in range(batch):
-            fields[b, a] = 0.0
-        for j in range(N):
+    for a in range(Wt.shape[0]):
+        for j in range(uint64(j0), uint64(j1)):
             w = Wt[a, j] * shrink
             for b in range(batch):
                 w -= coef[b, a] * Xold[b, j]
             Wt[a, j] = w
             for b in range(batch):
-                fields[b, a] += w * Xnew[b, j]
+                S[b, a] += w * Xnew[b, j]
+    for n in range(B.shape[0]):
+        for b in range(batch):
+            acc = 0.0
+            for j in range(uint64(j0), uint64(j1)):
+                acc += B[n, j] * Xnew[b, j]
+            U[b, n] += acc
+
+
+@njit(cache=True, nogil=True)
+def _draw_and_sweep(Wt, B, shrink, coef, Xold, Xnew, S, U, rng):
+    """Draw the next inputs and, in one pass over the weights tiled by inputs, apply the pending
+    update ``w_a <- shrink w_a - sum_b coef_ba x_b`` (old inputs) and accumulate the next fields
+    ``S_ba = w_a . x_b``, ``U_bn = B_n . x_b`` (new inputs, not yet divided by sqrt N)."""
+    N = Wt.shape[1]
+    S[:] = 0.0
+    U[:] = 0.0
+    for j0 in range(0, N, TILE):
+        j1 = min(N, j0 + TILE)
+        _draw(rng, Xnew, j0, j1)
+        if Xnew.shape[0] == 1:
+            _tile1(Wt, B, shrink, coef[0], Xold[0], Xnew[0], S[0], U[0], j0, j1)
+        else:
+            _tile(Wt, B, shrink, coef, Xold, Xnew, S, U, j0, j1)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
@@ -182,7 +217,8 @@ def _dots(B, X, out):
 def explicit_replica(Wt, B, A, lam, v, vt, rates, flags, record, max_q, Xtest, rng, out):
     """Run one replica. ``Wt`` (r, N): trained N-dimensional vectors as rows; ``B`` (M, N).
 
-    The update of step t is fused with the forward pass of step t + 1 (:func:`_sweep`).
+    The update of step t is fused with the draw and the forward pass of step t + 1
+    (:func:`_draw_and_sweep`).
     Returns the step at which the replica diverged, or -1.
     """
     out_G, out_S, out_A, out_lam, out_v, out_test = out
@@ -203,11 +239,7 @@ def explicit_replica(Wt, B, A, lam, v, vt, rates, flags, record, max_q, Xtest, r
     step = 0
     for o in range(record.size):
         while step < record[o]:
-            for b in range(batch):
-                for j in range(N):
-                    Xnew[b, j] = rng.standard_normal()
-            _sweep(Wt, shrink, coef, Xold, Xnew, S)
-            _dots(B, Xnew, U)
+            _draw_and_sweep(Wt, B, shrink, coef, Xold, Xnew, S, U, rng)
             for b in range(batch):
                 for a in range(r):
                     S[b, a] *= rs
