@@ -200,8 +200,10 @@ def importance_fits(net, max_breaks=2, n_boot=100, seed=0):
     return out
 
 
-def plot_mode_importance(fits):
-    """tau against rank per layer (log-log) with the fitted piecewise power law."""
+def plot_mode_importance(fits, reference=None, reference_label="untrained"):
+    """tau against rank per layer (log-log) with the fitted piecewise power law; ``reference``
+    (a dict layer -> :class:`Importance`, e.g. the same network at initialisation) is drawn in grey
+    open markers on the same axes."""
     fig, ax = _figure()
     a = ax[0, 0]
     for l, (imp, fit) in fits.items():
@@ -212,8 +214,11 @@ def plot_mode_importance(fits):
             a.plot(r, fit(r), "-", color=f"C{l}", label=f"slopes {slopes}")
             for b in fit.breaks:
                 a.axvline(b, color=f"C{l}", ls=":", lw=0.8)
+        if reference is not None and l in reference:
+            a.plot(r, reference[l]["tau"], "o", ms=4, mfc="none", color=f"C{l}", alpha=0.5,
+                   label=f"layer {l + 1}, {reference_label}")
     a.set(xscale="log", yscale="log", xlabel="rank", ylabel="importance tau")
-    a.legend(fontsize="small")
+    a.legend(fontsize="x-small", ncol=2 if reference else 1)
     return fig
 
 
