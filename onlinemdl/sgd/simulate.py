@@ -2,12 +2,12 @@
 
 Two methods give the same process in distribution:
 
-* ``"explicit"``: N-dimensional weights, one fresh Gaussian input per step; the forward
-  pass and the update are fused in one sweep over the input.
+* ``"explicit"``: N-dimensional weights, one fresh Gaussian input per step; the draw, the
+  update and the next forward pass are fused in one pass over the weights.
 * ``"gram"``: the exact reduced chain. SGD sees ``x`` only through the fields
-  ``f = (u, s)`` (teacher, trained rows) and ``|x|^2``; given the Gram matrix ``G`` of the
-  teacher and trained rows, ``f = L z`` with ``G = L L^T`` (semidefinite Cholesky, rank r),
-  ``z ~ N(0, I_r)`` and ``|x|^2 = |z|^2 + chi^2_{N-r}``. The cost per step is independent of N.
+  ``f = (u, s)`` (teacher, trained rows) and ``|x|^2``; given a factor ``F`` of the Gram matrix
+  ``G = F F^T`` of the teacher and trained rows, ``f = F z``, ``z ~ N(0, I_{K+M})`` and
+  ``|x|^2 = |z|^2 + chi^2_{N-K-M}``; each step updates ``F`` in O((K + M)^2), independent of N.
 
 Both treat the full-weight student as the mode student with ``C = A diag(lam) = I``: the
 trained N-dimensional vectors are the rows of ``W`` (full) or the columns of ``Xi`` (modes),
