@@ -1,4 +1,5 @@
-"""The order-parameter ODEs: kernels (right-hand sides), the system, the integrator, fixed points."""
+"""The order-parameter ODEs: kernels (right-hand sides), the system, the integrator, fixed points, and
+the finite-N theory around them (:mod:`onlinemdl.ode.fluctuations`)."""
 from .fixed_points import (
                            FixedPoint,
                            escape_time,
@@ -8,8 +9,10 @@ from .fixed_points import (
                            state_at,
                            symmetric_fixed_point,
 )
+from .fluctuations import finite_n_drift, noise_covariance, predict
 from .integrate import integrate
 from .system import OdeSystem, finite_difference_jacobian
 
 __all__ = ["OdeSystem", "integrate", "finite_difference_jacobian", "FixedPoint", "fixed_point",
-           "symmetric_fixed_point", "escape_time", "state_at", "plateau_fixed_points", "relaxation"]
+           "symmetric_fixed_point", "escape_time", "state_at", "plateau_fixed_points", "relaxation",
+           "noise_covariance", "finite_n_drift", "predict"]
