@@ -39,6 +39,7 @@ class StagePrediction:
         ``1/2 sum_{j >= k} h_j e_j(0)``: the level of the stage that ends at ``times[k]``.
     e0 : (p,) initial squared weight error along each direction (``2 (ln N)^(-1/3)`` each for a fresh
         draw, or the student's own).
+    eta_max : ``2 / tr H``, the largest learning rate at which every rate is positive (linear stability).
     eta, use_G : the learning rate; whether the full ``G`` (True) or ``g I`` (P-only) was used.
     """
 
@@ -51,6 +52,7 @@ class StagePrediction:
     e0: np.ndarray
     eta: float
     use_G: bool
+    eta_max: float = math.inf
     _H: np.ndarray = field(repr=False, default=None)
     _E0: np.ndarray = field(repr=False, default=None)
 
@@ -75,7 +77,7 @@ class StagePrediction:
 
     def summary(self) -> str:
         lines = [f"P eigenvalues {np.array2string(self.P, precision=4)}, gain g = {self.g:.4g}, "
-                 f"{'H = C^T G C' if self.use_G else 'H = g P'}, eta = {self.eta:g}"]
+                 f"{'H = C^T G C' if self.use_G else 'H = g P'}, eta = {self.eta:g} (linear stability up to {self.eta_max:.4g})"]
         for k in range(self.P.size):
             lines.append(f"  stage {k}: rate {self.rates[k]:.3g}, learned at alpha = {self.times[k]:.4g}, "
                          f"level before it {self.levels[k]:.3g}")
@@ -142,7 +144,7 @@ def stage_theory(teacher, eta, student=None, *, use_G=True, decay=10.0) -> Stage
         times = np.where(rates > 0, math.log(decay) / rates, np.inf)
     levels = np.array([0.5 * np.sum(h[k:] * e0[k:]) for k in range(p)])
     return StagePrediction(P=P, g=g, hessian=h, rates=rates, times=times, levels=levels, e0=e0, eta=float(eta),
-                           use_G=use_G, _H=H, _E0=E0)
+                           use_G=use_G, eta_max=2.0 / float(np.sum(h)), _H=H, _E0=E0)
 
 
 # --------------------------------------------------------------------------------------
