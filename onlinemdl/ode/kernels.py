@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, uint64
 
 from ..dynamics import ACT, DECAY, ETA, ETA_A, ETA_LAM, ETA_V, INV_BATCH, SIGMA, TRAIN_A, TRAIN_LAM, TRAIN_N, TRAIN_V
 from ..gaussian import I2, J2, LINEAR
@@ -75,21 +75,56 @@ def field_averages(Sig, K, c, sigma, act):
                 sak, sbk = Sig[a, k], Sig[b, k]
                 l1 = l4 * (1.0 + Sig[k, k]) - sbk * sbk * saa - sak * sak * sbb + 2.0 * sab * sak * sbk
                 rs[k] = 1.0 / math.sqrt(l1) if l1 > 0.0 else 0.0
-            acc = 0.0
-            for k in range(n):
-                sak, sbk = Sig[a, k], Sig[b, k]
-                ak, bk = sak * sbb, sbk * saa
-                u, w = l4 * Sig[k, k] - sbk * bk - sak * ak + 2.0 * sab * sak * sbk, rs[k]
-                part = 0.5 * c[k] * math.asin(min(1.0, max(-1.0, u * w * w)))
-                for l in range(k + 1, n):
-                    sal, sbl = Sig[a, l], Sig[b, l]
-                    l0 = l4 * Sig[k, l] - bk * sbl - ak * sal + sab * (sak * sbl + sal * sbk)
-                    part += c[l] * math.asin(min(1.0, max(-1.0, l0 * w * rs[l])))
-                acc += 2.0 * c[k] * part
+            acc = _i4_sum(Sig, c, a, b, saa, sbb, sab, l4, rs)
             acc *= _4PI2 / math.sqrt(l4 + 1e-300)
             acc += sigma * sigma * J2(Sig[a, a], Sig[b, b], sab, act)
             D[a, b] = D[b, a] = c[a] * c[b] * acc
     return Phi, psi, D, Ig
+
+
+# arcsin on [-1, 1] as Sun's fdlibm computes it (rational approximation on [0, 1/2], and
+# asin x = pi/2 - 2 asin sqrt((1 - x)/2) above), branch-free so that the I4 sums vectorise
+_PIO2_HI, _PIO2_LO = 1.57079632679489655800e+00, 6.12323399573676603587e-17
+_PS0, _PS1, _PS2 = 1.66666666666666657415e-01, -3.25565818622400915405e-01, 2.01212532134862925881e-01
+_PS3, _PS4, _PS5 = -4.00555345006794114027e-02, 7.91534994289814532176e-04, 3.47933107596021167570e-05
+_QS1, _QS2, _QS3, _QS4 = -2.40339491173441421878e+00, 2.02094576023350569471e+00, -6.88283971605453293030e-01, \
+    7.70381505559019352791e-02
+_FM = {"reassoc", "contract", "nsz"}
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _asin(x):
+    """arcsin of x clipped to [-1, 1], within 2 ulp of math.asin; no branches."""
+    y = min(1.0, abs(x))
+    big = y > 0.5
+    t = (1.0 - y) * 0.5 if big else y * y
+    r = math.sqrt(t)
+    s = r if big else y
+    p = t * (_PS0 + t * (_PS1 + t * (_PS2 + t * (_PS3 + t * (_PS4 + t * _PS5)))))
+    q = 1.0 + t * (_QS1 + t * (_QS2 + t * (_QS3 + t * _QS4)))
+    w = s + s * (p / q)
+    out = _PIO2_HI - (2.0 * w - _PIO2_LO) if big else w
+    return math.copysign(out, x)
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")  # no zero-division check: the l loop vectorises
+def _i4_sum(Sig, c, a, b, saa, sbb, sab, l4, rs):
+    """sum_kl c_k c_l sqrt(L4) I4(a,b,k,l) (pi^2/4): the arcsin terms of Saad & Solla (1995) eq. A6
+    over the pairs k <= l, with the per-(a, b, k) parts of L0 hoisted out of the l loop."""
+    n = Sig.shape[0]
+    acc = 0.0
+    for k in range(n):
+        sak, sbk = Sig[a, k], Sig[b, k]
+        ak, bk = sak * sbb, sbk * saa
+        w = rs[k]
+        u = l4 * Sig[k, k] - sbk * bk - sak * ak + 2.0 * sab * sak * sbk
+        part = 0.5 * c[k] * _asin(u * w * w)
+        # L0(k, l) = l4 S_kl - S_bl (bk - sab S_ak) - S_al (ak - sab S_bk)
+        l4w, pw, qw = l4 * w, (bk - sab * sak) * w, (ak - sab * sbk) * w
+        for l in range(uint64(k + 1), uint64(n)):
+            part += c[l] * _asin((l4w * Sig[k, l] - pw * Sig[b, l] - qw * Sig[a, l]) * rs[l])
+        acc += 2.0 * c[k] * part
+    return acc
 
 
 # --------------------------------------------------------------------------------------
