@@ -481,3 +481,102 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
                Q_bias=qb[:, :K * K].reshape(n, K, K), R_bias=qb[:, K * K:].reshape(n, K, M), nodes=nodes)
     out["valid_until"] = valid_until
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Escape from a saddle (the symmetric plateau)
+# --------------------------------------------------------------------------------------
+def first_below(alpha, eps, level) -> np.ndarray:
+    """Per row of ``eps`` (replicas, n), the first ``alpha`` where it falls below ``level`` (NaN: never)."""
+    eps = np.atleast_2d(eps)
+    below = eps < level
+    idx = np.argmax(below, axis=1)
+    return np.where(below.any(axis=1), np.asarray(alpha)[idx], np.nan)
+
+
+def escape_distribution(system: OdeSystem, y0, N: int, fp=None, level: float = 0.5, alpha_max: float | None = None,
+                        probe: float = 1e-6, samples: int = 200_000, seed: int = 0) -> dict:
+    """Predicted distribution of the plateau length: the first alpha where eps_g falls below
+    ``level`` x eps_g at the saddle ``fp`` (default: :func:`~onlinemdl.ode.symmetric_fixed_point`),
+    for SGD runs at dimension N started from the state ``y0``.
+
+    The unstable amplitudes ``c = l . (y - y*)`` (left eigenvectors ``l`` of the unstable
+    eigenvalue ``mu``, all directions of its eigenspace) are taken at ``alpha_r``, where the ODE
+    passes closest to the saddle: their mean is the ODE's own ``a``, their covariance
+    ``(l Sigma(alpha_r) l^T + l V* l^T / (2 mu)) / N`` (the linear-noise covariance there plus the
+    noise that the unstable directions will still amplify, V* at the saddle). A run with
+    amplitude ``c`` escapes at ``alpha_ODE + ln(|a| / |c|) / mu`` (``alpha_ODE`` the ODE's own
+    escape time); when the ODE does not escape (``a = 0``), at
+    ``alpha_r + alpha_probe + ln(probe / |c|) / mu`` with ``alpha_probe`` the escape time of the
+    ODE started at ``y* + probe u`` (u the right eigenvector along ``c``'s mean, or the first one).
+    Returns a dict: ``mean``, ``sd``, ``samples`` (the escape times of ``samples`` draws of c), ``mu``, ``multiplicity``,
+    ``alpha_ref``, ``ode`` (the ODE's own escape time), ``level_eps``.
+    """
+    from scipy.integrate import solve_ivp
+
+    from .fixed_points import symmetric_fixed_point
+
+    fp = symmetric_fixed_point(system) if fp is None else fp
+    mu = fp.mu_max
+    if not mu > 0:
+        raise ValueError("the fixed point has no unstable direction")
+    ystar = fp.y
+    lam, Rv = np.linalg.eig(fp.jacobian)
+    unstable = np.abs(lam - mu) < 1e-6 * max(1.0, abs(mu)) + 1e-8
+    U = np.real(Rv[:, unstable])
+    Lft = np.linalg.pinv(np.real(Rv))[unstable]  # left eigenvectors, biorthogonal to the right ones
+    m = int(unstable.sum())
+    eps_level = level * fp.eps_g
+    alpha_max = 50.0 / mu if alpha_max is None else alpha_max
+    jac = lambda t, y: finite_difference_jacobian(system.rhs, y, order=1)  # noqa: E731
+    sol = solve_ivp(lambda t, y: system.rhs(y), (0.0, alpha_max), np.asarray(y0, float), method="LSODA",
+                    rtol=1e-9, atol=1e-12, dense_output=True, jac=jac)
+    grid = np.linspace(0.0, sol.t[-1], 4001)
+    ygrid = sol.sol(grid).T
+    eps_grid = _observables(system, ygrid)[0]
+    ode_escape = float(first_below(grid, eps_grid, eps_level)[0])
+    rng = np.random.default_rng(seed)
+    Vs = noise_covariance(system, ystar)
+    if np.isfinite(ode_escape):
+        # the linear-noise covariance along the path up to the ODE's escape; the reference time is
+        # where the noise amplitude relative to the ODE's own unstable amplitude is largest (on the
+        # plateau both grow like e^{mu alpha} and their ratio is frozen until the escape)
+        times_r = np.linspace(0.0, ode_escape, 41)
+        nodes = node_grid(sol.sol, times_r, max_outputs=41)
+        Sig, _ = propagate(system, nodes, np.array([sol.sol(t) for t in nodes]), N, bias=False)
+        Sig = _interpolate(nodes, Sig, times_r)
+        amps = np.array([Lft @ (sol.sol(t) - ystar) for t in times_r])
+        ratio = np.array([math.sqrt(max(np.trace(Lft @ S_ @ Lft.T), 0.0) / N) / max(np.linalg.norm(a_), 1e-300)
+                          for S_, a_ in zip(Sig, amps)])
+        k_r = int(np.argmax(ratio[:-1]))
+        alpha_r, a = float(times_r[k_r]), amps[k_r]
+        cov_c = Lft @ Sig[k_r] @ Lft.T / N
+        c = _gaussian(rng, a, cov_c, samples)
+        times = ode_escape + np.log(np.linalg.norm(a) / np.linalg.norm(c, axis=1)) / mu
+        alpha_probe = math.nan
+    else:
+        # a symmetric ODE stays on the saddle: the noise alone breaks the symmetry; its amplitude
+        # at the closest approach plus the noise the unstable directions will still amplify,
+        # calibrated by the ODE from y* + probe u
+        k_r = int(np.argmin(np.linalg.norm(ygrid - ystar, axis=1)))
+        alpha_r = float(grid[k_r])
+        nodes = node_grid(sol.sol, np.array([0.0, alpha_r]))
+        Sig, _ = propagate(system, nodes, np.array([sol.sol(t) for t in nodes]), N, bias=False)
+        a = Lft @ (ygrid[k_r] - ystar)
+        cov_c = (Lft @ Sig[-1] @ Lft.T + Lft @ Vs @ Lft.T / (2 * mu)) / N
+        u = U @ (a / np.linalg.norm(a)) if np.linalg.norm(a) > 0 else U[:, 0]
+        u = u / np.linalg.norm(Lft @ u)
+        ps = solve_ivp(lambda t, y: system.rhs(y), (0.0, alpha_max), ystar + probe * u, method="LSODA", rtol=1e-9,
+                       atol=1e-13, dense_output=True, jac=jac)
+        pg = np.linspace(0.0, ps.t[-1], 8001)
+        alpha_probe = float(first_below(pg, _observables(system, ps.sol(pg).T)[0], eps_level)[0])
+        c = _gaussian(rng, a, cov_c, samples)
+        times = alpha_r + alpha_probe + np.log(probe / np.linalg.norm(c, axis=1)) / mu
+    return dict(mean=float(times.mean()), sd=float(times.std()), samples=times, mu=mu, multiplicity=m,
+                alpha_ref=alpha_r, ode=ode_escape, level_eps=eps_level, amplitude=a, amplitude_cov=cov_c,
+                alpha_probe=alpha_probe)
+
+
+def _gaussian(rng, mean, cov, n):
+    w, E = np.linalg.eigh((cov + cov.T) / 2)
+    return mean + rng.standard_normal((n, mean.size)) @ (E * np.sqrt(np.clip(w, 0, None))).T
