@@ -267,9 +267,9 @@ def explicit_replica(Wt, B, A, lam, v, vt, rates, flags, record, max_q, Xtest, r
         coef[:] = 0.0
         for a in range(r):
             for c in range(a, r):
-                out_G[o, a, c] = out_G[o, c, a] = np.dot(Wt[a], Wt[c]) / N
+                out_G[o, a, c] = out_G[o, c, a] = _rowdot(Wt, a, Wt, c) / N
             for n in range(M):
-                out_S[o, a, n] = np.dot(Wt[a], B[n]) / N
+                out_S[o, a, n] = _rowdot(Wt, a, B, n) / N
         out_A[o] = A
         out_lam[o] = lam
         out_v[o] = v
@@ -278,6 +278,16 @@ def explicit_replica(Wt, B, A, lam, v, vt, rates, flags, record, max_q, Xtest, r
         if not _max_q(C, out_G[o]) < max_q:
             return step
     return -1
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
+def _rowdot(X, a, Y, b):
+    """X_a . Y_b in the replica's own thread (np.dot would call a multi-threaded BLAS, whose
+    threads wait for cores on a busy machine and oversubscribe them when replicas run on threads)."""
+    acc = 0.0
+    for j in range(X.shape[1]):
+        acc += X[a, j] * Y[b, j]
+    return acc
 
 
 @njit(cache=True, nogil=True)
@@ -307,7 +317,7 @@ def _test_error(X, Wt, B, C, v, vt, act):
     for t in range(n):
         e = 0.0
         for i in range(C.shape[0]):
-            e += v[i] * g(np.dot(C[i], S[t]) * rs, act)
+            e += v[i] * g(_rowdot(C, i, S, t) * rs, act)
         for m in range(B.shape[0]):
             e -= vt[m] * g(U[t, m] * rs, act)
         tot += e * e
