@@ -299,3 +299,20 @@ def test_published_mode_setting_at_n30():
     student = om.Student(A=A.copy(), lam=lam.copy(), Xi=scale * rng.standard_normal((N, P)), train=("xi",),
                          v=teacher.vt.copy())
     compare(student, teacher, 5.0, [0, 0.5, 1, 2, 5], 1000, 4)
+
+
+@pytest.mark.slow
+def test_escape_time_from_the_symmetric_plateau():
+    """K = M = 2 (v = vt = 1, orthonormal teacher), small initial weights, N = 100: predicted mean
+    plateau length within 3% and its spread within 30% of the Gram chain's (300 runs)."""
+    N = 100
+    teacher = om.Teacher.orthonormal(N, 2, seed=0, vt=1.0)
+    student = om.Student.full(N, 2, seed=1, init="small", v=1.0)
+    system, state = OdeSystem.from_networks(student, teacher, eta=1.0)
+    pred = fl.escape_distribution(system, system.pack(state), N)
+    assert pred["multiplicity"] == 1 and pred["mu"] > 0
+    sim = om.simulate(student, teacher, eta=1.0, alpha=np.linspace(0, 2.5 * pred["ode"], 400), replicas=300, seed=6)
+    meas = fl.first_below(sim.alpha, sim.eps_g, pred["level_eps"])
+    assert np.all(np.isfinite(meas))
+    assert abs(pred["mean"] / meas.mean() - 1) < 0.03, (pred["mean"], meas.mean())
+    assert abs(pred["sd"] / meas.std() - 1) < 0.3, (pred["sd"], meas.std())

@@ -521,11 +521,15 @@ def escape_distribution(system: OdeSystem, y0, N: int, fp=None, level: float = 0
     if not mu > 0:
         raise ValueError("the fixed point has no unstable direction")
     ystar = fp.y
-    lam, Rv = np.linalg.eig(fp.jacobian)
-    unstable = np.abs(lam - mu) < 1e-6 * max(1.0, abs(mu)) + 1e-8
-    U = np.real(Rv[:, unstable])
-    Lft = np.linalg.pinv(np.real(Rv))[unstable]  # left eigenvectors, biorthogonal to the right ones
-    m = int(unstable.sum())
+    # the eigenspace of mu (degenerate for K > 2): null spaces of J - mu and its transpose,
+    # the left basis made biorthogonal to the right one
+    A_ = fp.jacobian - mu * np.eye(fp.y.size)
+    sv_r, sv_l = np.linalg.svd(A_), np.linalg.svd(A_.T)
+    tol_sv = 1e-5 * max(1.0, float(sv_r[1][0]))
+    m = max(1, int(np.sum(sv_r[1] < tol_sv)))
+    U = sv_r[2][-m:].T
+    Lnull = sv_l[2][-m:]
+    Lft = np.linalg.solve(Lnull @ U, Lnull)
     eps_level = level * fp.eps_g
     alpha_max = 50.0 / mu if alpha_max is None else alpha_max
     jac = lambda t, y: finite_difference_jacobian(system.rhs, y, order=1)  # noqa: E731
@@ -548,7 +552,8 @@ def escape_distribution(system: OdeSystem, y0, N: int, fp=None, level: float = 0
         amps = np.array([Lft @ (sol.sol(t) - ystar) for t in times_r])
         ratio = np.array([math.sqrt(max(np.trace(Lft @ S_ @ Lft.T), 0.0) / N) / max(np.linalg.norm(a_), 1e-300)
                           for S_, a_ in zip(Sig, amps)])
-        k_r = int(np.argmax(ratio[:-1]))
+        early = times_r <= ode_escape - 2.0 / mu  # still near the saddle
+        k_r = int(np.argmax(np.where(early, ratio, -1.0))) if early[1:].any() else int(np.argmax(ratio[:-1]))
         alpha_r, a = float(times_r[k_r]), amps[k_r]
         cov_c = Lft @ Sig[k_r] @ Lft.T / N
         c = _gaussian(rng, a, cov_c, samples)
