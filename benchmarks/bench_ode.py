@@ -3,7 +3,8 @@
 (i)   one right-hand side, K = M = 8: Numba kernel vs a vectorised NumPy evaluation of the same formulas;
 (ii)  K = M = 8 to alpha = 1000: adaptive (default) vs our Euler at step 0.01;
 (iii) the published mode-learning run (N = 30, K = M = 8, p = 3, only Xi trained, eta = 5, alpha to 1e5):
-      adaptive vs Euler at step 1/N (Euler timed over a shorter span and scaled).
+      adaptive vs Euler at step 1/N (Euler timed over a shorter span and scaled);
+(iv)  one right-hand side against K = M = 8, 16, 32, 64 (its I4 sums grow as K^2 (K + M)^2).
 
 Run: python benchmarks/bench_ode.py
 """
@@ -15,14 +16,14 @@ import onlinemdl as om
 from onlinemdl.ode import OdeSystem
 
 
-def median_time(fn, repeat=5, number=1):
+def median_time(fn, repeat=5, number=1, clock=time.perf_counter):
     fn()  # compile / warm up outside the timing
     out = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(number):
             fn()
-        out.append((time.perf_counter() - t0) / number)
+        out.append((clock() - t0) / number)
     return float(np.median(out))
 
 
@@ -52,6 +53,24 @@ def numpy_rhs(Q, R, T, v, vt, eta):
     D = np.outer(v, v) * np.einsum("ijkl,k,l->ij", I4, c, c)
     Xh, Xv = E_dz[:, :K], E_dz[:, K:]
     return -eta * (Xh + Xh.T) + eta**2 * D, -eta * Xv
+
+
+def rhs_case(K, M=None):
+    """(system.rhs, y) of a full-weight student, K hidden units, M = K teacher units, N = 1000."""
+    teacher = om.Teacher.orthonormal(1000, M or K, seed=0)
+    student = om.Student.full(1000, K, init="small", seed=1, scale=2.0)
+    system, state = OdeSystem.from_networks(student, teacher, eta=1.0)
+    return system.rhs, system.pack(state)
+
+
+def rhs_cost(K, repeat=5, clock=time.process_time):
+    """CPU seconds of one right-hand side at K = M (median of ``repeat``, each over ~0.05 s)."""
+    rhs, y = rhs_case(K)
+    rhs(y)
+    t0 = clock()
+    rhs(y)
+    number = max(1, int(0.05 / max(clock() - t0, 1e-7)))
+    return [median_time(lambda: rhs(y), repeat=1, number=number, clock=clock) for _ in range(repeat)]
 
 
 def main():
@@ -90,6 +109,10 @@ def main():
     print(f"(iii) published mode run to alpha 1e5: adaptive {t_ad:7.3f} s ({ad.nfev} RHS, final eps_g "
           f"{ad.eps_g[-1]:.3e})   Euler(1/N) {t_eu_full:7.1f} s (timed to alpha {span:g}, scaled x{1e5 / span:g})   "
           f"ratio {t_eu_full / t_ad:6.0f}x  (target >= 200x)")
+
+    costs = {K: float(np.median(rhs_cost(K, repeat=3))) for K in (8, 16, 32, 64)}
+    print("(iv)  one RHS (CPU time): " + "   ".join(f"K = M = {K}: {1e3 * t:8.3f} ms" for K, t in costs.items())
+          + f"   growth exponent 32 -> 64: {np.log2(costs[64] / costs[32]):.2f}")
 
 
 if __name__ == "__main__":

@@ -131,6 +131,21 @@ def _i4_sum(Sig, c, a, b, saa, sbb, sab, l4, rs):
 # Right-hand sides
 # --------------------------------------------------------------------------------------
 @njit(cache=True)
+def _mm(X, Y):
+    """X @ Y by loops: these products are small, and ``@`` would call a multi-threaded BLAS whose
+    threads compete for the cores with scan workers and replica threads."""
+    n, k = X.shape
+    m = Y.shape[1]
+    out = np.zeros((n, m))
+    for i in range(n):
+        for q in range(k):
+            x = X[i, q]
+            for j in range(m):
+                out[i, j] += x * Y[q, j]
+    return out
+
+
+@njit(cache=True)
 def _unpack_sym(y, off, r):
     out = np.empty((r, r))
     for a in range(r):
@@ -183,13 +198,13 @@ def rhs_full(y, T, vt, v0, P, rates, flags):
     Phi, psi, D, Ig = field_averages(Sig, K, c, sigma, act)
     dy = np.zeros_like(y)
     if train_w:
-        Xf = Phi @ Sig  # E[delta_i f_k] before the psi correction
+        Xf = _mm(Phi, Sig)  # E[delta_i f_k] before the psi correction
         Xh = Xf[:, :K] - psi.reshape((K, 1)) * Q  # E[delta h^T]
         Xv = Xf[:, K:] - psi.reshape((K, 1)) * R  # E[delta v^T]
-        PXh = P @ Xh
-        dQ = -eta * (PXh + PXh.T) + (eta * eta * inv_b) * (P @ D @ P) - 2.0 * eta * wd * Q
+        PXh = _mm(P, Xh)
+        dQ = -eta * (PXh + PXh.T) + (eta * eta * inv_b) * _mm(_mm(P, D), P) - 2.0 * eta * wd * Q
         off = _pack_sym(dQ, dy, 0)
-        dR = -eta * (P @ Xv) - eta * wd * R
+        dR = -eta * _mm(P, Xv) - eta * wd * R
         dy[off:off + K * M] = dR.ravel()
     if train_v:
         dy[nq + K * M:nq + K * M + K] = -eta_v * Ig
@@ -227,9 +242,9 @@ def rhs_modes(y, T, vt, v0, A0, lam0, rates, flags):
         A = A0
     v = y[off:off + K].copy() if train_v else v0
     C = A * lam.reshape((1, p))
-    CRm = C @ Rm
-    Q = CRm @ C.T
-    R = C @ S
+    CRm = _mm(C, Rm)
+    Q = _mm(CRm, C.T)
+    R = _mm(C, S)
     c = np.concatenate((v, -vt))
     Sig = _fields_cov(Q, R, T)
     Phi, psi, D, Ig = field_averages(Sig, K, c, sigma, act)
@@ -237,14 +252,14 @@ def rhs_modes(y, T, vt, v0, A0, lam0, rates, flags):
     Cs = np.empty((p, K + M))
     Cs[:, :K] = CRm.T
     Cs[:, K:] = S
-    X = Phi @ Cs.T - psi.reshape((K, 1)) * CRm  # E[delta s^T], K x p
+    X = _mm(Phi, Cs.T) - psi.reshape((K, 1)) * CRm  # E[delta s^T], K x p
     dy = np.zeros_like(y)
     if train_xi:
-        CX = C.T @ X
-        dRm = -eta * (CX + CX.T) + (eta * eta * inv_b) * (C.T @ D @ C) - 2.0 * eta * wd * Rm
+        CX = _mm(C.T, X)
+        dRm = -eta * (CX + CX.T) + (eta * eta * inv_b) * _mm(_mm(C.T, D), C) - 2.0 * eta * wd * Rm
         _pack_sym(dRm, dy, 0)
-        Xv = Phi @ np.ascontiguousarray(Sig[:, K:]) - psi.reshape((K, 1)) * R  # E[delta v^T]
-        dS = -eta * (C.T @ Xv) - eta * wd * S
+        Xv = _mm(Phi, Sig[:, K:]) - psi.reshape((K, 1)) * R  # E[delta v^T]
+        dS = -eta * _mm(C.T, Xv) - eta * wd * S
         dy[nr:nr + p * M] = dS.ravel()
     off = nr + p * M
     if train_lam:
