@@ -96,6 +96,10 @@ class Dynamics:
                       max_norm=1e2) -> "Dynamics":
         """The dynamics of ``student`` learning from ``teacher``: the student's trained factors,
         weight decay, batch and activation, the teacher's label noise, and the given rates."""
+        for name, net, attrs in (("student", student, ("train", "weight_decay", "batch", "activation")),
+                                 ("teacher", teacher, ("B", "sigma", "activation"))):
+            if not all(hasattr(net, a) for a in attrs):
+                raise TypeError(f"{name} must be a {name.title()}, got {type(net).__name__}")
         if teacher.activation != student.activation:
             raise ValueError(f"teacher and student must share the activation, got {teacher.activation!r} "
                              f"and {student.activation!r}")

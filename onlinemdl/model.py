@@ -17,6 +17,14 @@ from .gaussian import ACTIVATIONS
 from .runsetup import check_choice, check_int as _check_int, check_number, generator
 
 
+def _array(name, value) -> np.ndarray:
+    """``value`` as a contiguous float array, or ValueError naming ``name``."""
+    try:
+        return np.ascontiguousarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an array of numbers, got {type(value).__name__}") from None
+
+
 def _check_activation(activation):
     return check_choice("activation", activation, tuple(ACTIVATIONS))
 
@@ -41,7 +49,7 @@ def second_layer(v, K, name="v"):
     """Second-layer weights: None gives 1/K (averaging committee), a scalar is broadcast."""
     if v is None:
         return np.full(K, 1.0 / K)
-    arr = np.asarray(v, dtype=float)
+    arr = _array(name, v)
     if arr.ndim == 0:
         arr = np.full(K, float(arr))
     if arr.shape != (K,) or not np.all(np.isfinite(arr)):
@@ -69,7 +77,7 @@ class Teacher:
     Xi: np.ndarray | None = None
 
     def __post_init__(self):
-        self.B = np.ascontiguousarray(self.B, dtype=float)
+        self.B = _array("B", self.B)
         if self.B.ndim != 2 or not np.all(np.isfinite(self.B)):
             raise ValueError(f"B must be a finite (M, N) matrix, got shape {self.B.shape}")
         self.vt = second_layer(self.vt, self.M, "vt")
@@ -151,7 +159,7 @@ class Student:
         if self._W is not None:
             if self.Xi is not None or self.A is not None or self.lam is not None:
                 raise ValueError("give either W (full student) or A, lam, Xi (mode student), not both")
-            self._W = np.ascontiguousarray(self._W, dtype=float)
+            self._W = _array("W", self._W)
             if self._W.ndim != 2:
                 raise ValueError(f"W must be a (K, N) matrix, got shape {self._W.shape}")
             allowed = FULL_FACTORS
@@ -159,9 +167,9 @@ class Student:
         else:
             if self.Xi is None or self.A is None or self.lam is None:
                 raise ValueError("a mode student needs A (K x p), lam (p) and Xi (N x p)")
-            self.Xi = np.ascontiguousarray(self.Xi, dtype=float)
-            self.A = np.ascontiguousarray(self.A, dtype=float)
-            self.lam = np.ascontiguousarray(self.lam, dtype=float).reshape(-1)
+            self.Xi = _array("Xi", self.Xi)
+            self.A = _array("A", self.A)
+            self.lam = _array("lam", self.lam).reshape(-1)
             p = self.lam.shape[0]
             if self.Xi.ndim != 2 or self.Xi.shape[1] != p:
                 raise ValueError(f"Xi must be (N, p) with p = len(lam) = {p}, got shape {self.Xi.shape}")

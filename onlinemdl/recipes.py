@@ -79,6 +79,7 @@ def run_ode(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes",
     returned Trajectory records every argument, so ``run_ode(**traj.params["spec"])`` repeats it.
     """
     spec = dict(locals())
+    _check_ode(spec)
     t, s = networks(**{k: spec[k] for k in NETWORK_PARAMS})
     traj = integrate(s, t, eta=eta, eta_lam=eta_lam, eta_A=eta_A, eta_v=eta_v, max_norm=max_norm,
                      alpha_max=alpha_max, points=points, method=method)
@@ -96,6 +97,7 @@ def run_simulation(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-
     processes, set ``threads=1`` to keep one thread per process.
     """
     spec = dict(locals())
+    _check_simulation(spec)
     t, s = networks(**{k: spec[k] for k in NETWORK_PARAMS})
     traj = simulate(s, t, eta=eta, eta_lam=eta_lam, eta_A=eta_A, eta_v=eta_v, max_norm=max_norm,
                     alpha_max=alpha_max, points=points, replicas=replicas, seed=seed, method=method,
@@ -133,15 +135,20 @@ def check_params(run, params: dict) -> None:
         return
     p = inspect.signature(run).bind(**params)
     p.apply_defaults()
-    p = p.arguments
+    (_check_ode if run is run_ode else _check_simulation)(p.arguments)
+
+
+def _check_ode(p: dict):
     _check_common(p)
-    if run is run_ode:
-        from .ode.integrate import SOLVE_IVP_METHODS
-        check_choice("method", p["method"], ("auto", "euler") + SOLVE_IVP_METHODS)
-    else:
-        check_choice("method", p["method"], METHODS)
-        check_int("replicas", p["replicas"])
-        check_seed("seed", p["seed"])
-        if p["threads"] is not None:
-            check_int("threads", p["threads"])
-        check_int("test_set", p["test_set"], 0)
+    from .ode.integrate import SOLVE_IVP_METHODS
+    check_choice("method", p["method"], ("auto", "euler") + SOLVE_IVP_METHODS)
+
+
+def _check_simulation(p: dict):
+    _check_common(p)
+    check_choice("method", p["method"], METHODS)
+    check_int("replicas", p["replicas"])
+    check_seed("seed", p["seed"])
+    if p["threads"] is not None:
+        check_int("threads", p["threads"])
+    check_int("test_set", p["test_set"], 0)

@@ -72,6 +72,8 @@ def definition(grid, run: str, fixed=None) -> dict:
     ``grid`` is a dict ``name -> list of values`` (Cartesian product, first axis slowest)
     or a list of dicts (explicit points).
     """
+    if fixed is not None and not isinstance(fixed, dict):
+        raise TypeError(f"fixed must be a dict of parameters (name -> value), got {type(fixed).__name__}")
     fixed = _plain(dict(fixed or {}), "fixed")
     if isinstance(grid, dict):
         if not grid:
