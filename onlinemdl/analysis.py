@@ -114,8 +114,8 @@ def local_exponent(curve, eps=None, *, smooth=None, floor=1e-9, per_decade=100) 
     for one curve, (replicas, n) for several (their mean is analysed).
 
     Method (``theory/fixed_points.md`` §1): ``log10`` of the (mean) curve is put on a uniform grid of
-    ``per_decade`` points per decade of alpha (points in one cell averaged, empty cells
-    interpolated), smoothed with a Gaussian of width ``smooth`` decades (odd reflection at the
+    ``per_decade`` points per decade of alpha (points in one cell averaged, at their mean position;
+    a monotone cubic through the cell means fills the grid), smoothed with a Gaussian of width ``smooth`` decades (odd reflection at the
     ends keeps the end slopes) and differentiated; the curve is used only up to where it first
     falls below ``floor * max`` (converged: its logarithm is rounding noise there). With
     replicas, the standard error is the jackknife one: the whole procedure is repeated on the
@@ -164,17 +164,18 @@ def local_exponent(curve, eps=None, *, smooth=None, floor=1e-9, per_decade=100) 
     xu = x[0] + np.arange(cell[-1] + 1) / per_decade
     counts = np.bincount(cell)
     filled = counts > 0
+    xc = np.bincount(cell, weights=x)[filled] / counts[filled]  # where the points of each cell are, on average
 
     def exponent_of(curve_mean):
         with np.errstate(divide="ignore", invalid="ignore"):
             y = np.log10(np.maximum(curve_mean, np.finfo(float).tiny))
-        sums = np.bincount(cell, weights=y)
-        if np.all(filled) or filled.sum() < 3:
-            yu = np.interp(xu, xu[filled], sums[filled] / counts[filled])
-        else:  # a sparse grid: monotone cubic between the points, so the derivative has no steps
+        yc = np.bincount(cell, weights=y)[filled] / counts[filled]
+        if xc.size < 3:
+            yu = np.interp(xu, xc, yc)
+        else:  # monotone cubic through the cell means at their own abscissae, so the derivative has no steps
             from scipy.interpolate import PchipInterpolator  # imported here: scipy is slow to import
 
-            yu = PchipInterpolator(xu[filled], sums[filled] / counts[filled])(xu)
+            yu = PchipInterpolator(xc, yc, extrapolate=True)(xu)
         return _smoothed(yu, smooth, per_decade)
 
     r = eps2.shape[0]

@@ -335,8 +335,8 @@ def test_specialization_kinds_settings(classic, modes):
 @pytest.mark.slow
 def test_specialization_kinds_on_the_sgd_replica_mean():
     """The replica mean with aligned nodes: sudden for the classic committee, continuous for the mode setting."""
-    teacher = om.Teacher.orthonormal(500, 2, seed=0, vt=1.0)
-    student = om.Student.full(500, 2, init="small", seed=1, v=1.0)
+    teacher = om.Teacher.orthonormal(500, 2, seed=0, vt=[1.0, 1.0])
+    student = om.Student.full(500, 2, init="small", seed=1, v=[1.0, 1.0])
     sim = om.simulate(student, teacher, eta=0.5, alpha_max=600, replicas=4, seed=0, method="gram")
     spec = an.specialization(sim)
     assert spec.replicas == 4 and spec.sem is not None and spec.kind == "sudden"
