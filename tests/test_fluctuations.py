@@ -306,8 +306,8 @@ def test_escape_time_from_the_symmetric_plateau():
     """K = M = 2 (v = vt = 1, orthonormal teacher), small initial weights, N = 100: predicted mean
     plateau length within 3% and its spread within 30% of the Gram chain's (300 runs)."""
     N = 100
-    teacher = om.Teacher.orthonormal(N, 2, seed=0, vt=1.0)
-    student = om.Student.full(N, 2, seed=1, init="small", v=1.0)
+    teacher = om.Teacher.orthonormal(N, 2, seed=0, vt=np.ones(2))
+    student = om.Student.full(N, 2, seed=1, init="small", v=np.ones(2))
     system, state = OdeSystem.from_networks(student, teacher, eta=1.0)
     pred = fl.escape_distribution(system, system.pack(state), N)
     assert pred["multiplicity"] == 1 and pred["mu"] > 0

@@ -30,7 +30,7 @@ from .kernels import field_averages
 from .system import OdeSystem, finite_difference_jacobian
 
 #: log2 of the number of quasi-Monte Carlo points of :func:`noise_covariance`: None chooses
-#: ``floor(log2(2e8 / d^2))`` clipped to [13, 16] for a state of size d (a fixed cost per node).
+#: ``floor(log2(5e7 / d^2))`` clipped to [13, 16] for a state of size d (a fixed cost per node).
 QMC_LOG2 = None
 _SQRT2 = math.sqrt(2.0)
 _DG = math.sqrt(2.0 / math.pi)
@@ -131,7 +131,7 @@ def noise_covariance(system: OdeSystem, y, log2: int | None = QMC_LOG2, return_m
     G, S, C, st = _structure(system, y)
     if log2 is None:
         d = np.asarray(y).size
-        log2 = int(np.clip(math.floor(math.log2(2e8 / d**2)), 13, 16))
+        log2 = int(np.clip(math.floor(math.log2(5e7 / d**2)), 13, 16))
     L = _field_factor(G, S, system.T)
     noisy = system.dynamics.sigma > 0
     Z = _normal_points(L.shape[1] + noisy, log2)
