@@ -215,7 +215,7 @@ def test_integrate_carries_the_predictions():
 
 
 def test_fresh_initial_covariance_matches_sampled_networks():
-    N, K, M, reps = 80, 2, 2, 3000
+    N, K, M, reps = 80, 2, 2, 1500
     teacher = om.Teacher.random(N, M, seed=0)
     ys = []
     for k in range(reps):
@@ -226,7 +226,7 @@ def test_fresh_initial_covariance_matches_sampled_networks():
     system, state = OdeSystem.from_networks(om.Student.full(N, K, seed=1, scale=0.8), teacher, eta=1.0)
     Sig = fl.initial_covariance(system, system.pack(state), N, 0.64)
     emp = N * np.cov(ys.T)
-    np.testing.assert_allclose(emp, Sig, atol=0.12 * np.abs(Sig).max())
+    np.testing.assert_allclose(emp, Sig, atol=0.15 * np.abs(Sig).max())
     one = om.Student.full(N, K, seed=1, scale=0.8)
     traj = om.integrate(one, teacher, eta=1.0, alpha=[0, 1], fluctuations="fresh")
     assert traj.params["fluctuations"] == "fresh"
