@@ -257,19 +257,9 @@ def explicit_replica(Wt, B, A, lam, v, vt, rates, flags, record, max_q, Xtest, r
             shrink = decay if train_w else 1.0
             step += 1
         # flush the pending update, then record Gram, overlaps, factors and test error
-        for a in range(r):
-            for j in range(N):
-                w = Wt[a, j] * shrink
-                for b in range(batch):
-                    w -= coef[b, a] * Xold[b, j]
-                Wt[a, j] = w
+        _flush_and_record(Wt, B, shrink, coef, Xold, out_G[o], out_S[o])
         shrink = 1.0
         coef[:] = 0.0
-        for a in range(r):
-            for c in range(a, r):
-                out_G[o, a, c] = out_G[o, c, a] = _rowdot(Wt, a, Wt, c) / N
-            for n in range(M):
-                out_S[o, a, n] = _rowdot(Wt, a, B, n) / N
         out_A[o] = A
         out_lam[o] = lam
         out_v[o] = v
@@ -278,6 +268,46 @@ def explicit_replica(Wt, B, A, lam, v, vt, rates, flags, record, max_q, Xtest, r
         if not _max_q(C, out_G[o]) < max_q:
             return step
     return -1
+
+
+@njit(cache=True, nogil=True)
+def _flush_and_record(Wt, B, shrink, coef, Xold, G, S):
+    """Apply the pending update and fill ``G = W W^T / N``, ``S = W B^T / N`` in one pass over
+    the weights tiled by inputs (each row is read once, not once per product)."""
+    r, N = Wt.shape
+    G[:] = 0.0
+    S[:] = 0.0
+    for j0 in range(0, N, TILE):
+        j1 = min(N, j0 + TILE)
+        _record_tile(Wt, B, shrink, coef, Xold, G, S, j0, j1)
+    for a in range(r):
+        for c in range(a, r):
+            G[a, c] /= N
+            G[c, a] = G[a, c]
+        for n in range(B.shape[0]):
+            S[a, n] /= N
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
+def _record_tile(Wt, B, shrink, coef, Xold, G, S, j0, j1):
+    r = Wt.shape[0]
+    for a in range(r):
+        for j in range(uint64(j0), uint64(j1)):
+            w = Wt[a, j] * shrink
+            for b in range(Xold.shape[0]):
+                w -= coef[b, a] * Xold[b, j]
+            Wt[a, j] = w
+    for a in range(r):
+        for c in range(a, r):
+            acc = 0.0
+            for j in range(uint64(j0), uint64(j1)):
+                acc += Wt[a, j] * Wt[c, j]
+            G[a, c] += acc
+        for n in range(B.shape[0]):
+            acc = 0.0
+            for j in range(uint64(j0), uint64(j1)):
+                acc += Wt[a, j] * B[n, j]
+            S[a, n] += acc
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
