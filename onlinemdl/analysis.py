@@ -115,9 +115,10 @@ def local_exponent(curve, eps=None, *, smooth=None, floor=1e-9, per_decade=100) 
 
     Method (``theory/fixed_points.md`` §1): ``log10`` of the (mean) curve is put on a uniform grid of
     ``per_decade`` points per decade of alpha (points in one cell averaged, at their mean position;
-    a monotone cubic through the cell means fills the grid), smoothed with a Gaussian of width ``smooth`` decades (odd reflection at the
-    ends keeps the end slopes) and differentiated; the curve is used only up to where it first
-    falls below ``floor * max`` (converged: its logarithm is rounding noise there). With
+    a monotone cubic through the cell means fills the grid), smoothed with a Gaussian of width
+    ``smooth`` decades (odd reflection at the ends keeps the end slopes) and differentiated; the
+    curve is used only up to where it first falls below ``floor * max`` (converged: its logarithm
+    is rounding noise there). With
     replicas, the standard error is the jackknife one: the whole procedure is repeated on the
     mean with each replica left out, so it includes the smoothing.
 
