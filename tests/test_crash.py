@@ -99,9 +99,12 @@ def _alive(pid):
 def _kill_at_random(args, rng, low, high, before_kill=None):
     """Start ``args``, wait for its "ready", kill -9 it after a random delay in [low, high) s; returns
     (stdout lines, the value of ``before_kill()`` taken just before the kill)."""
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=HERE)
     try:
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        line = "start"
+        while line and line.strip() != "ready":  # skip what a warm-up printed
+            line = proc.stdout.readline()
+        assert line.strip() == "ready", f"exited with {proc.wait(30)} before it was ready"
         time.sleep(rng.uniform(low, high))
         family = _tree(proc.pid)
         snapshot = before_kill() if before_kill else None
