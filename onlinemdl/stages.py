@@ -156,7 +156,8 @@ class Ensemble:
 
     eta : (e,) learning rates. draws : (d,) draw numbers (teacher seed ``d``, student seed ``d + 1``).
     plateaus, shoulders : counts of plateaus and shoulders per run; stages = plateaus + shoulders + 1.
-    final : eps_g at alpha_max (replica mean for simulations); stuck : ``final > threshold``.
+    final : eps_g at alpha_max (replica mean for simulations; inf for a diverged run);
+        stuck : ``final > threshold`` (diverged runs included; ``diverged`` tells them apart).
     kinds : specialization kind per run ("sudden", "continuous", "none").
     features : per run, the list of plateaus and shoulders found (``analysis.Plateau``).
     predicted : per draw (teacher), the :class:`StagePrediction` at each eta, (e, d) object array.
@@ -182,6 +183,11 @@ class Ensemble:
     @property
     def stages(self) -> np.ndarray:
         return self.plateaus + self.shoulders + 1
+
+    @property
+    def diverged(self) -> np.ndarray:
+        """Runs whose weights ran away (status "diverged")."""
+        return self.status == "diverged"
 
     def stuck_fraction(self):
         """(fraction, standard error) of stuck draws per eta (binomial; Wilson-free plain estimate)."""
@@ -209,7 +215,8 @@ class Ensemble:
             lines.append(f"eta = {eta:g} ({self.engine}, {self.draws.size} draws): stages {self.distribution('stages', i)}, "
                          f"mean {st.mean():.2f} +- {st.std(ddof=1) / math.sqrt(st.size) if st.size > 1 else 0:.2f}; "
                          f"plateaus {self.distribution('plateaus', i)}, shoulders {self.distribution('shoulders', i)}; "
-                         f"stuck (eps_g > {self.threshold:g} at the end) {f[i]:.2f} +- {se[i]:.2f}; "
+                         f"stuck (eps_g > {self.threshold:g} at the end) {f[i]:.2f} +- {se[i]:.2f}"
+                         f"{f' (diverged {int(self.diverged[i].sum())})' if self.diverged[i].any() else ''}; "
                          f"specialization {self.distribution('kinds', i)}")
             r = self.time_ratios(i)
             with np.errstate(invalid="ignore"):
@@ -269,14 +276,14 @@ def ensemble(draws=50, eta=5.0, *, engine="ode", store="ensemble.h5", executor=N
         out["plateaus"][i, j], out["shoulders"][i, j] = len(found.plateaus), len(found.shoulders)
         feats[i, j] = found.features
         mean = traj.mean().eps_g if traj.eps_g.ndim == 2 else traj.eps_g
-        final[i, j] = mean[-1] if traj.status == "ok" else np.inf
+        final[i, j] = mean[-1] if traj.status == "ok" and mean.size else np.inf
         try:
             kinds[i, j] = analysis.specialization(traj).kind
-        except ValueError:
+        except (ValueError, IndexError):  # every replica diverged, or no output time at all
             kinds[i, j] = "none"
         try:
             la = analysis.mode_picture(traj).learned_at
-        except ValueError:
+        except (ValueError, IndexError):
             la = np.full(t.lam.size, np.nan)
         learned[i, j] = la
         p_max = max(p_max, la.size)

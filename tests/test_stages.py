@@ -80,6 +80,7 @@ def test_ensemble_is_resumable_and_counts(tmp_path):
     assert f.shape == (1,) and 0 <= f[0] <= 1 and se[0] > 0
     assert sum(ens.distribution("stages").values()) == 3
     assert "stuck" in ens.summary() and ens.time_ratios().shape == (3, 3)
+    assert not ens.diverged.any() and np.all(np.isfinite(ens.final))
     # draw 0 is the published pair: two shoulders
     assert ens.shoulders[0, 0] == 2 and ens.plateaus[0, 0] == 0
     with pytest.raises(ValueError, match="engine"):
