@@ -26,9 +26,11 @@ _EXPORTS = {
     "save_trajectory": "storage", "load_trajectory": "storage",
     "scan": "scan", "load_scan": "scan",
     "find_plateaus": "analysis", "specialization": "analysis", "mode_picture": "analysis",
+    "local_exponent": "analysis",
+    "stage_theory": "stages", "ensemble": "stages",
 }
 _SUBMODULES = ("analysis", "plotting", "modenet", "recipes", "storage", "runsetup", "dynamics", "model", "ode",
-               "sgd", "scan", "trajectory", "gaussian")
+               "sgd", "scan", "stages", "trajectory", "gaussian")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
@@ -50,7 +52,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from . import analysis, plotting  # noqa: F401
-    from .analysis import find_plateaus, mode_picture, specialization  # noqa: F401
+    from .analysis import find_plateaus, local_exponent, mode_picture, specialization  # noqa: F401
     from .dynamics import Dynamics  # noqa: F401
     from .model import Student, Teacher  # noqa: F401
     from .ode import (  # noqa: F401
@@ -65,5 +67,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     )
     from .scan import load_scan, scan  # noqa: F401
     from .sgd import simulate  # noqa: F401
+    from .stages import ensemble, stage_theory  # noqa: F401
     from .storage import load_trajectory, save_trajectory  # noqa: F401
     from .trajectory import Trajectory  # noqa: F401
