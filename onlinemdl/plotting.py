@@ -155,11 +155,12 @@ def plot_local_exponent(trajectories, labels=None, smooth=None, features=True, a
     return fig
 
 
-def plot_overlaps(traj: Trajectory, alphas, replica=0, match=True) -> Figure:
+def plot_overlaps(traj: Trajectory, alphas, replica=None, match=True) -> Figure:
     """Heat maps of the normalised overlaps ``R_in / sqrt(Q_ii T_nn)`` at chosen alphas.
 
     ``match=True`` orders the teacher columns by the optimal final matching, so that a
-    specialized student shows a diagonal. ``replica``: which replica of a simulation.
+    specialized student shows a diagonal. ``replica``: one replica of a simulation (an integer), or
+    None for the replica mean (nodes aligned across replicas), as everywhere in analysis and plotting.
     """
     alphas = np.atleast_1d(np.asarray(alphas, float))
     if alphas.size == 0:
@@ -188,7 +189,7 @@ def plot_overlaps(traj: Trajectory, alphas, replica=0, match=True) -> Figure:
     return fig
 
 
-def plot_specialization(traj: Trajectory, replica=0, threshold=0.5) -> Figure:
+def plot_specialization(traj: Trajectory, replica=None, threshold=0.5) -> Figure:
     """Specialization index and the specialization measure of each student node against alpha.
 
     Left: index (largest minus second-largest normalised overlap), with the threshold and each
