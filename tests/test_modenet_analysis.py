@@ -200,3 +200,62 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys, argv, messa
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and err.startswith("onlinemdl modenet")
     assert os.listdir(tmp_path) == []
+
+
+# --- MNIST measurements (experiments.py, fits.crossing / compare_laws) ------------------------
+def test_crossing_interpolates_in_log_p_and_censors():
+    from onlinemdl.modenet.fits import crossing
+    assert crossing([1, 2, 4, 8], [0.5, 0.8, 0.9, 0.95], 0.85) == pytest.approx(2 * np.sqrt(2))
+    assert crossing([2, 4], [0.9, 0.95], 0.8) == 2.0  # reached at the first point: p_min <= 2
+    assert np.isnan(crossing([1, 2], [0.1, 0.2], 0.8))  # never reached
+    with pytest.raises(ValueError, match="increasing"):
+        crossing([2, 1], [0.1, 0.2], 0.1)
+
+
+@pytest.mark.parametrize("truth", ["ln N", "ln N then constant", "power law"])
+def test_compare_laws_prefers_the_law_that_made_the_data(truth):
+    from onlinemdl.modenet.fits import compare_laws
+    N = np.array([16, 32, 64, 128, 256, 512, 1024, 2048], float)
+    p = {"ln N": 1 + 3 * np.log(N), "ln N then constant": 1 + 3 * np.log(np.minimum(N, 128)),
+         "power law": 0.5 * N**0.6}[truth]
+    p = p + 0.05 * np.random.default_rng(1).standard_normal(len(N))
+    laws = compare_laws(N, p, np.full(len(N), 0.05))
+    assert laws[0].name == truth and laws[0].aic < laws[1].aic - 1.9  # nested: ln N wins by 2 (one parameter fewer)
+    assert all(np.isfinite([f.aic, f.bic, f.chi2]).all() for f in laws)
+    with pytest.raises(ValueError, match="at least 4 points"):
+        compare_laws(N[:3], p[:3], [0.1] * 3)
+
+
+def test_class_separation_of_known_clusters():
+    from onlinemdl.modenet.experiments import class_separation
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 500)
+    H = rng.standard_normal((1000, 3)) + np.where(y[:, None] == 1, 4.0, 0.0) * np.array([1.0, 0, 0])
+    assert class_separation(H, y) == pytest.approx(4.0 / 3.0, rel=0.1)  # between 4 / within 3 per sample
+    assert class_separation(rng.standard_normal((1000, 3)), y) < 0.01
+
+
+def test_results_are_dataclasses_with_named_fields(trained, data):
+    from dataclasses import is_dataclass
+    net, _ = trained
+    imp = an.mode_importance(net, 0)
+    assert is_dataclass(imp) and imp.tau is imp["tau"] and set(imp.as_dict()) == {"tau", "order", "gamma"}
+    r = an.ablation(net, data.X_test, data.y_test, 0, ks=[0, 1], n_random=1)
+    assert is_dataclass(r) and r.full == r["full"]
+    with pytest.raises(KeyError, match="no field 'nope'"):
+        r["nope"]
+    assert is_dataclass(fit_log([1, 2, 3], [1, 2, 3]))
+
+
+def test_run_mnist_on_a_subset_gives_finite_measurements():
+    from test_modenet_mnist import mnist_folder
+    if mnist_folder() is None:
+        pytest.skip("MNIST's four .gz files not found ($ONLINEMDL_MNIST or ../shared/data/mnist)")
+    from onlinemdl.modenet import experiments as ex
+    r = ex.run_mnist(kind="modes", p=4, hidden=[16, 16], epochs=2, patience=1, n_train=600, n_val=200, n_test=300,
+                     ablate=True, fractions=(0.0, 0.5), n_random=2, mnist_path=str(mnist_folder()))
+    assert r["status"] in ("ok", "stopped") and 0.2 < r["test_acc"] <= 1 and r["tau"].shape == (3, 4)
+    assert r["abl_least"].shape == (3, 2) and np.all(r["abl_least"][:, 0] == r["test_acc"])
+    assert all(np.all(np.isfinite(np.asarray(v, float))) for k, v in r.items() if k not in ("kind", "status", "message"))
+    w = ex.run_width(16, p=2, epochs=1, n_train=600, n_val=200, n_test=300, mnist_path=str(mnist_folder()))
+    assert w["width"] == 16 and w["p"] == 2 and 0 < w["test_acc"] <= 1
