@@ -211,6 +211,7 @@ def figure(path, sgd, ode_costs):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     def band(ax, x, samples, label, scale=1e6, **kw):
         med = np.array([np.median(s) for s in samples]) * scale
@@ -245,6 +246,10 @@ def figure(path, sgd, ode_costs):
     ax.plot(k, np.median(ode_costs[Ko[-1]]) * 1e3 * (k / k[-1]) ** 4, "k:", label="∝ K⁴")
     ax.set(xscale="log", yscale="log", xlabel="K = M", ylabel="CPU ms", title="ODE right-hand side against K")
     ax.legend(fontsize=8)
+    for ax, ticks in zip(axes, (None, Ks, Ko)):
+        if ticks is not None:
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.set_xticks(ticks, [str(k) for k in ticks])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
