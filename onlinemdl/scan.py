@@ -7,6 +7,7 @@ calling process writes the store (:class:`onlinemdl.scan_store.ScanStore`).
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import inspect
 import itertools
@@ -438,9 +439,10 @@ def scan(grid, run=None, store="scan.h5", *, fixed=None, executor=None, workers=
         have = st.ids()
         todo = [(point_id(name, p), p, lab) for p, lab in zip(points, labels) if point_id(name, p) not in have]
 
-        def bar():
-            return tqdm(total=len(points), initial=len(points) - len(todo), unit="point", desc=f"scan {st.path.name}",
-                        disable=not progress)
+        def bar():  # no tqdm at all without progress: even a disabled bar starts tqdm's monitor thread for good
+            if not progress:
+                return _NoBar()
+            return tqdm(total=len(points), initial=len(points) - len(todo), unit="point", desc=f"scan {st.path.name}")
 
         _execute(run, todo, st, bar, executor, workers, method)
     finally:
@@ -448,6 +450,20 @@ def scan(grid, run=None, store="scan.h5", *, fixed=None, executor=None, workers=
     res = load_scan(store)
     res.computed = len(todo)
     return res
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
 
 
 def start_method() -> str:
@@ -491,8 +507,15 @@ def _execute(run, todo, store, bar, executor, workers, method):
         executor = executor.get_executor()
     futures, ok, finished = {}, False, 0
     try:
-        for pid, params, label in todo:  # before the bar: a fork pool starts its workers here, with no thread about
-            futures[executor.submit(run_point, run, pid, params)] = (pid, label)
+        frozen = own and method == "fork"
+        if frozen:  # forked workers leave the inherited objects alone: no garbage collection of them, no copy-on-write
+            gc.freeze()
+        try:
+            for pid, params, label in todo:  # before the bar: a fork pool starts its workers here, with no thread about
+                futures[executor.submit(run_point, run, pid, params)] = (pid, label)
+        finally:
+            if frozen:
+                gc.unfreeze()
         with bar() as progress:
             for fut in as_completed(futures):
                 pid, label = futures.pop(fut)
