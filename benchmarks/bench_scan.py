@@ -6,7 +6,9 @@
 (ii)  the same scan with the default executor, pool start-up included (what a user sees; target
       >= 0.9 x cores): its workers fork from the calling process on Linux (``scan.start_method``), so
       they start with everything imported; for comparison, a pool that spawns its workers (the
-      default before, and still the default where fork is not used: each worker imports anew);
+      default before, and still the default where fork is not used: each worker imports anew); and the
+      default executor from a process that has already run an ODE (its workers inherit the loaded kernels;
+      a cold process's workers each spend about 0.7 s loading Numba's compiler context and the kernels);
 (iii) the store's overhead per point: encoding a result to HDF5 bytes (done by the worker), writing
       them to the journal and merging the journal into the file (done by the one process that
       writes the store), against the mean run time of a point.
@@ -103,6 +105,11 @@ def main():
         print(f"(ii)  default executor, pool start-up included: {_stats(colds)} -> speed-up {t1 / cold:.2f} "
               f"= {t1 / cold / cores:.2f} x cores (target >= 0.9 x cores); {cold / tn:.2f} x the warm pool's time")
         print(f"      a spawning pool, start-up included: {_stats(spawns)} -> {t1 / spawn / cores:.2f} x cores")
+        _warm()  # the calling process has run an ODE (as a script that tries one point first): forked workers inherit it
+        warm_parent = [timed_scan(tmp / f"warmparent{r}.h5")[0] for r in range(repeats)]
+        tw = float(np.median(warm_parent))
+        print(f"      default executor from a process that has already run an ODE: {_stats(warm_parent)} -> "
+              f"{t1 / tw / cores:.2f} x cores (the workers inherit the loaded kernels)")
         encode, journal, merge, run = store_overhead(tmp / "all0.h5", tmp / "copy.h5")
         size = (tmp / "all0.h5").stat().st_size / n / 1024
         print(f"(iii) store per point: {1e3 * encode:.1f} ms encoding (in the worker, parallel), then in the "
