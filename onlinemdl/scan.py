@@ -400,13 +400,18 @@ def scan(grid, run=None, store="scan.h5", *, fixed=None, executor=None, workers=
     ----------
     grid : dict ``name -> list of values`` (Cartesian product) or list of dicts (explicit points).
     run : module-level function returning a Trajectory or a dict of values (default :func:`run_ode`);
-        worker processes import it by name, so a script must guard its main code with
+        worker processes find it by name: where they are spawned (not Linux, or a caller with other
+        threads, such as a notebook) a script must guard its main code with
         ``if __name__ == "__main__":`` and a function defined in a notebook needs a thread pool.
+        The points are type-checked first (for :func:`run_ode` and :func:`run_simulation` every
+        parameter, else against the signature): a bad point is refused before any worker starts.
     store : HDF5 file of the results. Points already there are skipped (resume); points of a
         different ``run`` or ``fixed`` setting have other ids, so they are computed anew, never mixed.
     fixed : parameters common to all points.
     executor : any ``concurrent.futures.Executor`` or a ``distributed.Client``; default a
-        process pool (spawn) with ``workers`` processes (default: all cores).
+        process pool with ``workers`` processes (default: all cores), forked from this process on
+        Linux when it runs no other thread (:func:`start_method`; the workers start at once), else
+        spawned. Its workers exit when this process is killed.
     progress : show a tqdm progress bar (points done, rate, time left).
 
     Returns
