@@ -20,7 +20,8 @@ from .runsetup import check_choice, check_int as _check_int, check_number, gener
 def _array(name, value) -> np.ndarray:
     """``value`` as a contiguous float array, or ValueError naming ``name``."""
     try:
-        return np.ascontiguousarray(value, dtype=float)
+        arr = np.asarray(value, dtype=float)
+        return arr if arr.ndim == 0 else np.ascontiguousarray(arr)  # a scalar stays 0-d (broadcast by the caller)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be an array of numbers, got {type(value).__name__}") from None
 

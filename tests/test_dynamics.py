@@ -70,3 +70,12 @@ def test_ode_system_is_immutable_and_counts_nothing():
     a = om.integrate(state=state, system=system, alpha_max=10.0)
     b = om.integrate(state=state, system=system, alpha_max=10.0)
     assert a.nfev == b.nfev > 0  # the count is integrate's own, not kept on the system
+
+
+def test_scalar_second_layer_is_broadcast():
+    """theory/conventions.md §4: a scalar v (or vt) is broadcast; v = 1 gives Saad & Solla's committee."""
+    teacher = om.Teacher.orthonormal(20, 3, seed=0, vt=1.0)
+    student = om.Student.full(20, 2, seed=1, v=1.0)
+    assert teacher.vt.tolist() == [1.0, 1.0, 1.0] and student.v.tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="vt must be a finite scalar or a vector of length 3"):
+        om.Teacher.orthonormal(20, 3, seed=0, vt=[1.0, 2.0])
