@@ -202,11 +202,12 @@ def cmd_demo(args):
         step("plateaus")
         from .analysis import find_plateaus
         plateaus = find_plateaus(ode)
-        _say(f"ODE plateaus: {plateaus.summary()}")
+        _say(f"ODE stages: {plateaus.summary()}")
         step("figure")
         fig = _figure([ode, sim], plateaus=plateaus,
-                      title=f"N={p['N']}, M=K={p['K']}, p={p['p']}, eta={p['eta']:g}: ODE and SGD, plateaus shaded")
-    table = {k: np.array([getattr(q, k) for q in plateaus]) for k in ("start", "end", "level", "slope")}
+                      title=f"N={p['N']}, M=K={p['K']}, p={p['p']}, eta={p['eta']:g}: ODE and SGD, stages shaded")
+    table = {k: np.array([getattr(q, k) for q in plateaus.features]) for k in ("start", "end", "level", "slope", "depth")}
+    table["kind"] = np.array([q.kind for q in plateaus.features])
     _write(h5, {"ode": ode, "sim": sim, "plateaus": table}, png, fig)
 
 
