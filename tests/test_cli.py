@@ -104,6 +104,7 @@ def test_ode_simulate_plot_end_to_end(cli, tmp_path):
     assert code == 0 and (tmp_path / "figs" / "single.png").exists()
 
 
+@pytest.mark.slow
 def test_scan_from_toml_resumes_and_plots(cli, tmp_path):
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "scan.toml").write_text(textwrap.dedent("""

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import h5py
 import numpy as np
 import pytest
+from conftest import alive, descendants
 
 from onlinemdl.scan import load_scan, scan
 from onlinemdl.scan_store import ScanStore
@@ -68,34 +69,6 @@ CLI = textwrap.dedent("""
 """)
 
 
-def _tree(pid):
-    """``pid`` and its living descendants (from /proc)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    rest = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if rest[0] != "Z":
-                parents.setdefault(int(rest[1]), []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _kill_at_random(args, rng, low, high, before_kill=None):
     """Start ``args``, wait for its "ready", kill -9 it after a random delay in [low, high) s; returns
     (stdout lines, the value of ``before_kill()`` taken just before the kill)."""
@@ -106,7 +79,7 @@ def _kill_at_random(args, rng, low, high, before_kill=None):
             line = proc.stdout.readline()
         assert line.strip() == "ready", f"exited with {proc.wait(30)} before it was ready"
         time.sleep(rng.uniform(low, high))
-        family = _tree(proc.pid)
+        family = descendants(proc.pid)
         snapshot = before_kill() if before_kill else None
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
@@ -115,9 +88,9 @@ def _kill_at_random(args, rng, low, high, before_kill=None):
         proc.kill()
         proc.wait(30)
     deadline = time.time() + 10
-    while time.time() < deadline and any(_alive(p) for p in family):
+    while time.time() < deadline and any(alive(p) for p in family):
         time.sleep(0.05)
-    assert not [p for p in family if _alive(p)], "processes left behind"
+    assert not [p for p in family if alive(p)], "processes left behind"
     return lines, snapshot
 
 

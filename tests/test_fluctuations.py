@@ -188,6 +188,7 @@ def test_propagation_step_matches_direct_integration():
     np.testing.assert_allclose(Ih @ np.ones(d), sb.y[:, -1], rtol=1e-7, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_integrate_carries_the_predictions():
     N = 100
     teacher, student = om.Teacher.random(N, 2, seed=0), om.Student.full(N, 2, seed=1)

@@ -155,6 +155,7 @@ def run_cli(*argv):
     return args.func(args)
 
 
+@pytest.mark.slow
 def test_cli_train_and_analyse(tmp_path, capsys):
     model, dense = tmp_path / "m.h5", tmp_path / "d.h5"
     assert run_cli("modenet", "train", "--hidden", "32", "--p", "8", "--epochs", "3", "--out", model, "--quiet") == 0
@@ -247,6 +248,7 @@ def test_results_are_dataclasses_with_named_fields(trained, data):
     assert is_dataclass(fit_log([1, 2, 3], [1, 2, 3]))
 
 
+@pytest.mark.slow
 def test_run_mnist_on_a_subset_gives_finite_measurements():
     from test_modenet_mnist import mnist_folder
     if mnist_folder() is None:

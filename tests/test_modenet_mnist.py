@@ -165,6 +165,7 @@ def test_cli_mnist_download_and_find(no_mnist_env, serve, capsys):
     assert f"MNIST found in {no_mnist_env} (cache)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_real_mnist_sanity_figures():
     d = mnist(mnist_folder(), dtype="float32")

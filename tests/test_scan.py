@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_same_trajectory
+from conftest import alive, assert_same_trajectory, descendants
 
 from onlinemdl.recipes import run_ode
 from onlinemdl.scan import ScanResult, definition, load_scan, point_id, run_name, scan
@@ -319,27 +319,6 @@ def test_a_killed_worker_is_reported_as_such_with_the_points_kept(tmp_path):
     assert load_scan(store).done.tolist() == [True, True, False]
 
 
-def _descendants(pid):
-    """Pids of the living descendants of ``pid`` (from /proc)."""
-    import os
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields_ = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields_[0] != "Z":
-                parents.setdefault(int(fields_[1]), []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 ORPHANS = textwrap.dedent("""
     import importlib.util, os, sys
     sys.path.insert(0, os.path.dirname(sys.argv[3]))
@@ -368,7 +347,7 @@ def test_killing_a_scan_leaves_no_process_and_no_open_pipe(tmp_path):
         deadline = time.time() + 60
         while time.time() < deadline and len(list((tmp_path / "k.h5.journal").glob("*.h5"))) < 2:
             time.sleep(0.01)
-        workers = _descendants(proc.pid)
+        workers = descendants(proc.pid)
         assert len(workers) >= 2
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
@@ -376,17 +355,9 @@ def test_killing_a_scan_leaves_no_process_and_no_open_pipe(tmp_path):
         proc.stdout.read()  # returns once no process holds the pipe (a `scan | tail` ends)
         assert time.time() - start < 10
         deadline = time.time() + 10
-        while time.time() < deadline and any(os.path.exists(f"/proc/{w}") and _alive(w) for w in workers):
+        while time.time() < deadline and any(os.path.exists(f"/proc/{w}") and alive(w) for w in workers):
             time.sleep(0.05)
-        assert not [w for w in workers if os.path.exists(f"/proc/{w}") and _alive(w)]
+        assert not [w for w in workers if os.path.exists(f"/proc/{w}") and alive(w)]
     finally:
         proc.kill()
     assert load_scan(store).done.sum() >= 2
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
