@@ -215,26 +215,24 @@ def _say(text):
     print(text, flush=True)
 
 
-def cmd_ode(args):
+def _run_and_write(args, run, name, group, what):
+    """``ode`` and ``simulate``: check the target and the arguments, run, print the summary, write."""
     out = _check_target(args.out)
-    spec = _spec(args, run_ode)
-    _check_run_args(recipes.run_ode, spec)
-    with _progress(args.quiet, "ode", 1) as step:
-        step(f"integrating to alpha = {args.alpha_max:g}")
-        traj = run_ode(**spec)
-    print(f"ode: {traj.summary()}")
-    _write(out, {"ode": traj})
+    spec = _spec(args, run)
+    _check_run_args(getattr(recipes, run.__name__), spec)  # the recipe's own checks, before any work
+    with _progress(args.quiet, name, 1) as step:
+        step(what)
+        traj = run(**spec)
+    print(f"{name}: {traj.summary()}")
+    _write(out, {group: traj})
+
+
+def cmd_ode(args):
+    _run_and_write(args, run_ode, "ode", "ode", f"integrating to alpha = {args.alpha_max:g}")
 
 
 def cmd_simulate(args):
-    out = _check_target(args.out)
-    spec = _spec(args, run_simulation)
-    _check_run_args(recipes.run_simulation, spec)
-    with _progress(args.quiet, "simulate", 1) as step:
-        step(f"{args.replicas} replicas to alpha = {args.alpha_max:g}")
-        traj = run_simulation(**spec)
-    print(f"simulate: {traj.summary()}")
-    _write(out, {"sim": traj})
+    _run_and_write(args, run_simulation, "simulate", "sim", f"{args.replicas} replicas to alpha = {args.alpha_max:g}")
 
 
 #: Keys of a scan config: name -> (Python types, what it must be).
