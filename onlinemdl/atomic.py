@@ -104,7 +104,7 @@ def check_target(path, what: str = "out", hdf5: bool = True, create_parents: boo
         raise FileNotFoundError(f"{what}: {path}: the folder {folder} does not exist")
     if not folder.is_dir():
         raise ValueError(f"{what}: {folder} is not a directory")
-    probe = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.probe"
+    probe = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp.probe"  # stale ones: remove_stale
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except OSError as err:
