@@ -216,23 +216,25 @@ def _say(text):
 
 
 def _run_and_write(args, run, name, group, what):
-    """``ode`` and ``simulate``: check the target and the arguments, run, print the summary, write."""
+    """``ode`` and ``simulate``: check the target and the arguments, run, print the summary, write.
+    ``what(args)`` describes the run for the progress bar (called once the arguments are checked)."""
     out = _check_target(args.out)
     spec = _spec(args, run)
     _check_run_args(getattr(recipes, run.__name__), spec)  # the recipe's own checks, before any work
     with _progress(args.quiet, name, 1) as step:
-        step(what)
+        step(what(args))
         traj = run(**spec)
     print(f"{name}: {traj.summary()}")
     _write(out, {group: traj})
 
 
 def cmd_ode(args):
-    _run_and_write(args, run_ode, "ode", "ode", f"integrating to alpha = {args.alpha_max:g}")
+    _run_and_write(args, run_ode, "ode", "ode", lambda a: f"integrating to alpha = {a.alpha_max:g}")
 
 
 def cmd_simulate(args):
-    _run_and_write(args, run_simulation, "simulate", "sim", f"{args.replicas} replicas to alpha = {args.alpha_max:g}")
+    _run_and_write(args, run_simulation, "simulate", "sim",
+                   lambda a: f"{a.replicas} replicas to alpha = {a.alpha_max:g}")
 
 
 #: Keys of a scan config: name -> (Python types, what it must be).
