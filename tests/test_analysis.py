@@ -13,7 +13,7 @@ BOUNDARY_DECADES = 0.1
 
 
 # --------------------------------------------------------------------------------------
-# Fixtures: the two reference settings (DESIGN.md), integrated once per module
+# Fixtures: the two reference settings (theory/conventions.md), integrated once per module
 # --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def classic():

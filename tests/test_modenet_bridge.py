@@ -1,5 +1,5 @@
 """The bridge to the on-line theory: the mode network's own code, in the on-line model's
-parametrisation (one hidden layer, erf, scalar output, batch 1, DESIGN.md rates), follows the
+parametrisation (one hidden layer, erf, scalar output, batch 1, the rates of theory/conventions.md), follows the
 order-parameter ODE and reproduces ``onlinemdl.simulate``."""
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ from onlinemdl.modenet.optim import SGD
 
 
 def one_step_by_design(student, x, y, eta, eta_lam, eta_A, eta_v):
-    """One SGD step written out from DESIGN.md section 2."""
+    """One SGD step written out from theory/conventions.md (one SGD step)."""
     N = student.N
     Xi, lam, A, v = student.Xi.copy(), student.lam.copy(), student.A.copy(), student.v.copy()
     W = (A * lam) @ Xi.T
