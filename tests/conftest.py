@@ -10,6 +10,7 @@ from dataclasses import fields
 import matplotlib
 import numpy as np
 import pytest
+from scipy.special import erf
 
 from onlinemdl.trajectory import Trajectory
 
@@ -74,3 +75,53 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
 
+
+def g(z, act):
+    """The activation: erf(z / sqrt 2) or z."""
+    return erf(z / np.sqrt(2)) if act == "erf" else z
+
+
+def dg(z, act):
+    """Its derivative."""
+    return np.sqrt(2 / np.pi) * np.exp(-z**2 / 2) if act == "erf" else np.ones_like(z)
+
+
+def mc_steps(system, state, rng, n):
+    """N x (change of the state vector) of ``n`` independent SGD steps (batch b), drawn in field space
+    at leading order (|x|^2 / N = 1, x^s . x^s' / N = 0), written independently of the package.
+
+    The trained N-dimensional vectors (rows of W, or columns of Xi) have fields s; the teacher's
+    fields are u. One step with a mini-batch of b samples changes the Gram matrix by
+    (-eta/b) sum (d s^T + s d^T) / N + (eta/b)^2 sum d d^T |x|^2 / N^2, so N x change is returned.
+    """
+    K, M, b = system.K, system.M, system.batch
+    modes = system.form == "modes"
+    G, S = (state["Rm"], state["S"]) if modes else (state["Q"], state["R"])
+    r = G.shape[0]
+    w, U = np.linalg.eigh(np.block([[G, S], [S.T, system.T]]))
+    L = U * np.sqrt(np.clip(w, 0, None))
+    C = state["A"] * state["lam"] if modes else np.eye(K)
+    v, vt, act, eta, kap = state["v"], system.vt, system.activation, system.eta, system.weight_decay
+    f = rng.standard_normal((n, b, r + M)) @ L.T
+    s, u = f[..., :r], f[..., r:]
+    h = s @ C.T
+    err = g(h, act) @ v - g(u, act) @ vt - system.sigma * rng.standard_normal((n, b))
+    delta = v * dg(h, act) * err[..., None]
+    d = delta @ C
+    iu = np.triu_indices(r)
+    parts = []
+    if system.dynamics.trains_n:
+        dG = (-eta / b) * np.einsum("cba,cbe->cae", d, s)
+        dG = dG + dG.transpose(0, 2, 1) + (eta / b) ** 2 * np.einsum("cba,cbe->cae", d, d) - 2 * eta * kap * G
+        dS = (-eta / b) * np.einsum("cba,cbn->can", d, u) - eta * kap * S
+        parts += [dG[:, iu[0], iu[1]], dS.reshape(n, -1)]
+    else:
+        parts += [np.zeros((n, iu[0].size)), np.zeros((n, S.size))]
+    X = np.einsum("cbi,cbm->cim", delta, s) / b
+    if modes and "lam" in system.train:
+        parts.append(-system.eta_lam * np.einsum("im,cim->cm", state["A"], X))
+    if modes and "A" in system.train:
+        parts.append((-system.eta_A * state["lam"] * X).reshape(n, -1))
+    if "v" in system.train:
+        parts.append(-system.eta_v * np.einsum("cb,cbi->ci", err, g(h, act)) / b)
+    return np.concatenate(parts, axis=1)

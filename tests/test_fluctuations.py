@@ -3,58 +3,11 @@ the finite-N drift against Monte Carlo in field space; the propagation step agai
 integration; the predicted spread and bias of SGD against the exact finite-N Gram chain."""
 import numpy as np
 import pytest
+from conftest import dg, g, mc_steps
 from scipy.integrate import solve_ivp
-from scipy.special import erf
 
 import onlinemdl as om
 from onlinemdl.ode import OdeSystem, fluctuations as fl
-
-
-# --------------------------------------------------------------------------------------
-# Field-space Monte Carlo of one SGD step (written independently of fluctuations.increments)
-# --------------------------------------------------------------------------------------
-def _g(z, act):
-    return erf(z / np.sqrt(2)) if act == "erf" else z
-
-
-def _dg(z, act):
-    return np.sqrt(2 / np.pi) * np.exp(-z**2 / 2) if act == "erf" else np.ones_like(z)
-
-
-def mc_steps(system, state, rng, n):
-    """N x (change of the state vector) of ``n`` independent SGD steps (batch b) in field space,
-    at leading order (|x|^2 / N = 1, x^s . x^s' / N = 0)."""
-    K, M, b = system.K, system.M, system.batch
-    modes = system.form == "modes"
-    G, S = (state["Rm"], state["S"]) if modes else (state["Q"], state["R"])
-    r = G.shape[0]
-    w, U = np.linalg.eigh(np.block([[G, S], [S.T, system.T]]))
-    L = U * np.sqrt(np.clip(w, 0, None))
-    C = state["A"] * state["lam"] if modes else np.eye(K)
-    v, vt, act, eta, kap = state["v"], system.vt, system.activation, system.eta, system.weight_decay
-    f = rng.standard_normal((n, b, r + M)) @ L.T
-    s, u = f[..., :r], f[..., r:]
-    h = s @ C.T
-    err = _g(h, act) @ v - _g(u, act) @ vt - system.sigma * rng.standard_normal((n, b))
-    delta = v * _dg(h, act) * err[..., None]
-    d = delta @ C
-    iu = np.triu_indices(r)
-    parts = []
-    if system.dynamics.trains_n:
-        dG = (-eta / b) * np.einsum("cba,cbe->cae", d, s)
-        dG = dG + dG.transpose(0, 2, 1) + (eta / b) ** 2 * np.einsum("cba,cbe->cae", d, d) - 2 * eta * kap * G
-        dS = (-eta / b) * np.einsum("cba,cbn->can", d, u) - eta * kap * S
-        parts += [dG[:, iu[0], iu[1]], dS.reshape(n, -1)]
-    else:
-        parts += [np.zeros((n, iu[0].size)), np.zeros((n, S.size))]
-    X = np.einsum("cbi,cbm->cim", delta, s) / b
-    if modes and "lam" in system.train:
-        parts.append(-system.eta_lam * np.einsum("im,cim->cm", state["A"], X))
-    if modes and "A" in system.train:
-        parts.append((-system.eta_A * state["lam"] * X).reshape(n, -1))
-    if "v" in system.train:
-        parts.append(-system.eta_v * np.einsum("cb,cbi->ci", err, _g(h, act)) / b)
-    return np.concatenate(parts, axis=1)
 
 
 def _gram(rng, n):
@@ -157,8 +110,8 @@ def test_finite_n_drift_matches_exact_step(case):
     s, u = f[..., :r], f[..., r:]
     h = s @ C.T
     act = system.activation
-    err = _g(h, act) @ state["v"] - _g(u, act) @ system.vt - system.sigma * rng.standard_normal((n, 2))
-    d = (state["v"] * _dg(h, act) * err[..., None]) @ C
+    err = g(h, act) @ state["v"] - g(u, act) @ system.vt - system.sigma * rng.standard_normal((n, 2))
+    d = (state["v"] * dg(h, act) * err[..., None]) @ C
     samples = (eta**2 / b) * d[:, 0, :, None] * d[:, 0, None, :] * (np.sum(z[:, 0] ** 2, 1) - rank)[:, None, None]
     if b > 1:
         samples = samples + eta**2 * (b - 1) / b * d[:, 0, :, None] * d[:, 1, None, :] * \

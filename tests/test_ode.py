@@ -4,21 +4,13 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import mc_steps
 from scipy.optimize import root
-from scipy.special import erf
 
 import onlinemdl as om
 from onlinemdl.ode import OdeSystem
 
 N_MC = 1_000_000
-
-
-def g(z, act):
-    return erf(z / np.sqrt(2)) if act == "erf" else z
-
-
-def dg(z, act):
-    return np.sqrt(2 / np.pi) * np.exp(-z**2 / 2) if act == "erf" else np.ones_like(z)
 
 
 def random_gram(rng, n):
@@ -27,48 +19,8 @@ def random_gram(rng, n):
 
 
 def mc_step(system, state, rng, n=N_MC, chunk=250_000):
-    """N x (change of the state vector in one SGD step), per sample, drawn in field space.
-
-    The trained N-dimensional vectors (rows of W, or columns of Xi) have fields s; the
-    teacher's fields are v. One step with a mini-batch of b samples changes the Gram
-    matrix by (-eta/b) sum (d s^T + s d^T) / N + (eta/b)^2 sum d d^T |x|^2 / N^2 (samples
-    of a batch are orthogonal at large N), so N x change is what is returned.
-    """
-    K, M, b = system.K, system.M, system.batch
-    modes = system.form == "modes"
-    G = state["Rm"] if modes else state["Q"]
-    S = state["S"] if modes else state["R"]
-    r = G.shape[0]
-    cov = np.block([[G, S], [S.T, system.T]])
-    w, V = np.linalg.eigh(cov)
-    L = V * np.sqrt(np.clip(w, 0, None))
-    C = state["A"] * state["lam"] if modes else np.eye(K)
-    v, vt, act, eta = state["v"], system.vt, system.activation, system.eta
-    out = []
-    for _ in range(n // chunk):
-        f = rng.standard_normal((chunk, b, r + M)) @ L.T
-        s, u = f[..., :r], f[..., r:]
-        h = s @ C.T
-        err = g(h, act) @ v - g(u, act) @ vt - system.sigma * rng.standard_normal((chunk, b))
-        delta = v * dg(h, act) * err[..., None]  # (chunk, b, K)
-        d = delta @ C  # gradient coefficient of each trained N-dim vector
-        dG = (-eta / b) * np.einsum("cba,cbe->cae", d, s)
-        dG = dG + dG.transpose(0, 2, 1) + (eta / b) ** 2 * np.einsum("cba,cbe->cae", d, d)
-        dG -= 2 * eta * system.weight_decay * G
-        dS = (-eta / b) * np.einsum("cba,cbn->can", d, u) - eta * system.weight_decay * S
-        iu = np.triu_indices(r)
-        parts = [dG[:, iu[0], iu[1]], dS.reshape(chunk, -1)]
-        if not ("xi" in system.train or "w" in system.train):
-            parts = [0 * p for p in parts]
-        X = np.einsum("cbi,cbm->cim", delta, s) / b  # delta_i s_mu
-        if modes and "lam" in system.train:
-            parts.append(-system.eta_lam * np.einsum("im,cim->cm", state["A"], X))
-        if modes and "A" in system.train:
-            parts.append((-system.eta_A * state["lam"] * X).reshape(chunk, -1))
-        if "v" in system.train:
-            parts.append(-system.eta_v * np.einsum("cb,cbi->ci", err, g(h, act)) / b)
-        out.append(np.concatenate(parts, axis=1))
-    return np.concatenate(out)
+    """N x (change of the state vector in one SGD step), per sample (:func:`conftest.mc_steps`, in chunks)."""
+    return np.concatenate([mc_steps(system, state, rng, chunk) for _ in range(n // chunk)])
 
 
 def assert_rhs_matches(system, state, seed):
