@@ -200,12 +200,6 @@ def local_exponent(curve, eps=None, *, smooth=None, floor=1e-9, per_decade=100) 
     return LocalExponent(alpha=10.0 ** xu, eps=10.0 ** ys, exponent=s, sem=sem, smooth=float(smooth), replicas=r)
 
 
-def decay_exponent(alpha, eps, *, smooth=0.05, floor=1e-9, per_decade=100):
-    """``(alpha_u, eps_u, s)`` of :func:`local_exponent` for one curve (kept for existing callers)."""
-    le = local_exponent(alpha, np.asarray(eps, float).ravel(), smooth=smooth, floor=floor, per_decade=per_decade)
-    return le.alpha, le.eps, le.exponent
-
-
 # --------------------------------------------------------------------------------------
 # Plateaus and shoulders
 # --------------------------------------------------------------------------------------
