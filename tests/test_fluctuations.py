@@ -133,12 +133,12 @@ def test_propagation_step_matches_direct_integration():
     V = X @ X.T
     S0 = np.eye(d) * 0.3
     h = 0.7
-    Phi, Qh, Ih = fl._step(J, V, h)
+    Phi, Qh = fl._step(J, V, h)
     sol = solve_ivp(lambda t, x: (J @ x.reshape(d, d) + x.reshape(d, d) @ J.T + V).ravel(), (0, h), S0.ravel(),
                     rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(Phi @ S0 @ Phi.T + Qh, sol.y[:, -1].reshape(d, d), rtol=1e-7, atol=1e-9)
     sb = solve_ivp(lambda t, x: J @ x + 1.0, (0, h), np.zeros(d), rtol=1e-11, atol=1e-12)
-    np.testing.assert_allclose(Ih @ np.ones(d), sb.y[:, -1], rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(fl._forced(J, h, np.ones(d)), sb.y[:, -1], rtol=1e-7, atol=1e-10)
 
 
 @pytest.mark.slow
@@ -256,17 +256,31 @@ def test_published_mode_setting_at_n30():
 
 
 @pytest.mark.slow
-def test_escape_time_from_the_symmetric_plateau():
-    """K = M = 2 (v = vt = 1, orthonormal teacher), small initial weights, N = 100: predicted mean
-    plateau length within 3% and its spread within 30% of the Gram chain's (300 runs)."""
+@pytest.mark.parametrize("K", [2, 3])
+def test_escape_time_from_the_symmetric_plateau(K):
+    """K = M (v = vt = 1, orthonormal teacher), small initial weights, N = 100: the predicted mean
+    plateau length within 3 standard errors (of measurement and prediction together) and its spread
+    within 15% of the Gram chain's (500 runs). For K = 3 the unstable eigenspace is 4-dimensional."""
     N = 100
-    teacher = om.Teacher.orthonormal(N, 2, seed=0, vt=np.ones(2))
-    student = om.Student.full(N, 2, seed=1, init="small", v=np.ones(2))
+    teacher = om.Teacher.orthonormal(N, K, seed=0, vt=np.ones(K))
+    student = om.Student.full(N, K, seed=1, init="small", v=np.ones(K))
     system, state = OdeSystem.from_networks(student, teacher, eta=1.0)
     pred = fl.escape_distribution(system, system.pack(state), N)
-    assert pred["multiplicity"] == 1 and pred["mu"] > 0
-    sim = om.simulate(student, teacher, eta=1.0, alpha=np.linspace(0, 2.5 * pred["ode"], 400), replicas=300, seed=6)
-    meas = fl.first_below(sim.alpha, sim.eps_g, pred["level_eps"])
-    assert np.all(np.isfinite(meas))
-    assert abs(pred["mean"] / meas.mean() - 1) < 0.03, (pred["mean"], meas.mean())
-    assert abs(pred["sd"] / meas.std() - 1) < 0.3, (pred["sd"], meas.std())
+    assert pred["multiplicity"] == (1 if K == 2 else 4) and pred["mu"] > 0
+    sim = om.simulate(student, teacher, eta=1.0, alpha=np.linspace(0, 150, 1201), replicas=500, seed=K * N)
+    meas = fl.escape_times(sim.alpha, sim.eps_g, pred["level_eps"], pred["window"])
+    assert np.isfinite(meas).mean() > 0.99 and np.all(np.isfinite(pred["samples"]))
+    se = np.hypot(np.nanstd(meas) / np.sqrt(np.isfinite(meas).sum()), pred["sd"] / np.sqrt(pred["samples"].size))
+    assert abs(pred["mean"] - np.nanmean(meas)) < 3 * se, (pred["mean"], np.nanmean(meas), se)
+    assert abs(pred["sd"] / np.nanstd(meas) - 1) < 0.15, (pred["sd"], np.nanstd(meas))
+
+
+def test_escape_times_average_out_fast_fluctuations():
+    alpha = np.linspace(0, 10, 101)
+    wiggle = 0.3 * (-1.0) ** np.arange(alpha.size)  # dips below 0.5 at every other point from alpha = 2.1
+    eps = np.vstack([1 - alpha / 10 + wiggle, 1 - alpha / 10])
+    np.testing.assert_allclose(fl.first_below(alpha, eps, 0.5), [2.1, 5.1])
+    np.testing.assert_allclose(fl.escape_times(alpha, eps, 0.5, window=2.0), [5.0, 5.0], atol=0.15)
+    assert np.isnan(fl.escape_times(alpha, eps + 1, 0.5, window=2.0)).all()
+    with pytest.raises(ValueError, match="evenly spaced"):
+        fl.escape_times(alpha ** 2, eps, 0.5, window=2.0)

@@ -22,16 +22,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 from scipy.linalg import expm
-from scipy.special import erf
 
-from ..gaussian import LINEAR, joint_covariance
+from ..dynamics import ACT, DECAY, ETA, ETA_A, ETA_LAM, ETA_V, INV_BATCH, SIGMA, TRAIN_A, TRAIN_LAM, TRAIN_N, TRAIN_V
+from ..gaussian import LINEAR, dg, g, joint_covariance
 from .kernels import field_averages
-from .system import OdeSystem, finite_difference_jacobian
+from .system import OdeSystem
 
-#: log2 of the number of quasi-Monte Carlo points of :func:`noise_covariance`: None chooses
-#: ``floor(log2(5e7 / d^2))`` clipped to [13, 16] for a state of size d (a fixed cost per node).
-QMC_LOG2 = None
+#: log2 of the number of quasi-Monte Carlo points of :func:`noise_covariance`: 2^13 changes the predicted
+#: sd of eps_g by under 0.6% and of Q by under 2% against 2^16 (benchmarks/bench_fluctuations.py cases).
+QMC_LOG2 = 13
 _SQRT2 = math.sqrt(2.0)
 _DG = math.sqrt(2.0 / math.pi)
 _POINTS: dict = {}
@@ -51,14 +52,6 @@ def _structure(system: OdeSystem, y):
     return st["Q"], st["R"], np.eye(system.K), st
 
 
-def _g(z, act):
-    return z if act == LINEAR else erf(z / _SQRT2)
-
-
-def _dg(z, act):
-    return np.ones_like(z) if act == LINEAR else _DG * np.exp(-0.5 * z * z)
-
-
 def increments(system: OdeSystem, y, s, u, zeta=None) -> np.ndarray:
     """N x the change of the state vector in one SGD step of batch 1, at field values.
 
@@ -68,35 +61,73 @@ def increments(system: OdeSystem, y, s, u, zeta=None) -> np.ndarray:
     (its fluctuation is O(N^-1/2)). Returns (n, d), d the state size; mean = ``system.rhs(y)``.
     """
     G, S, C, st = _structure(system, y)
-    act, dyn = system.act, system.dynamics
-    v, vt = st["v"], system.vt
-    eta, kappa, inv_b = dyn.eta, dyn.weight_decay, 1.0 / dyn.batch
-    h = s @ C.T
-    gh = _g(h, act)
-    err = gh @ v - _g(u, act) @ vt
-    if zeta is not None and dyn.sigma > 0:
-        err = err - dyn.sigma * zeta
-    delta = v * _dg(h, act) * err[:, None]
-    d = delta @ C
-    n, r = s.shape
-    parts = []
-    if dyn.trains_n:
-        iu = np.triu_indices(r)
-        ds = d[:, iu[0]] * s[:, iu[1]] + s[:, iu[0]] * d[:, iu[1]]
-        dd = d[:, iu[0]] * d[:, iu[1]]
-        parts.append(-eta * ds + eta * eta * inv_b * dd - 2 * eta * kappa * G[iu])
-        parts.append((-eta * d[:, :, None] * u[:, None, :] - eta * kappa * S).reshape(n, -1))
-    else:
-        parts += [np.zeros((n, r * (r + 1) // 2)), np.zeros((n, S.size))]
+    modes, T, vt, v0, A, lam, P, rates, flags = system.kernel_args
     if system.form == "modes":
-        X = delta[:, :, None] * s[:, None, :]  # delta_i u_mu
-        if "lam" in system.train:
-            parts.append(-dyn.eta_lam * np.einsum("im,cim->cm", st["A"], X))
-        if "A" in system.train:
-            parts.append((-dyn.eta_A * st["lam"] * X).reshape(n, -1))
-    if "v" in system.train:
-        parts.append(-dyn.eta_v * err[:, None] * gh)
-    return np.concatenate(parts, axis=1)
+        A, lam = np.ascontiguousarray(st["A"], float), np.ascontiguousarray(st["lam"], float)
+    s, u = np.ascontiguousarray(s, float), np.ascontiguousarray(u, float)
+    zeta = np.zeros(len(s)) if zeta is None else np.ascontiguousarray(zeta, float)
+    return _increment_rows(s, u, zeta, np.ascontiguousarray(C, float), np.ascontiguousarray(G, float),
+                           np.ascontiguousarray(S, float), np.ascontiguousarray(st["v"], float), vt, A, lam,
+                           rates, flags, modes, np.asarray(y).size)
+
+
+@njit(cache=True)
+def _increment_rows(s, u, zeta, C, G, S, v, vt, A, lam, rates, flags, modes, d):
+    """Rows of :func:`increments` (theory/finite_size.md eq. of F^(1)), one per field sample."""
+    n, r = s.shape
+    K, M = C.shape[0], u.shape[1]
+    eta, inv_b, kappa, sigma = rates[ETA], rates[INV_BATCH], rates[DECAY], rates[SIGMA]
+    act = flags[ACT]
+    F = np.zeros((n, d))
+    h, gh, delta, dd = np.empty(K), np.empty(K), np.empty(K), np.empty(r)
+    for t in range(n):
+        err = -sigma * zeta[t]
+        for m in range(M):
+            err -= vt[m] * g(u[t, m], act)
+        for i in range(K):
+            acc = 0.0
+            for a in range(r):
+                acc += C[i, a] * s[t, a]
+            h[i] = acc
+            gh[i] = g(acc, act)
+            err += v[i] * gh[i]
+        for i in range(K):
+            delta[i] = v[i] * dg(h[i], act) * err
+        for a in range(r):
+            acc = 0.0
+            for i in range(K):
+                acc += C[i, a] * delta[i]
+            dd[a] = acc
+        off = 0
+        if flags[TRAIN_N]:
+            for a in range(r):  # G block, upper triangle
+                for b in range(a, r):
+                    F[t, off] = (-eta * (dd[a] * s[t, b] + s[t, a] * dd[b]) + eta * eta * inv_b * dd[a] * dd[b]
+                                 - 2.0 * eta * kappa * G[a, b])
+                    off += 1
+            for a in range(r):  # S block
+                for m in range(M):
+                    F[t, off] = -eta * dd[a] * u[t, m] - eta * kappa * S[a, m]
+                    off += 1
+        else:
+            off += r * (r + 1) // 2 + r * M
+        if modes and flags[TRAIN_LAM]:
+            for mu in range(r):
+                acc = 0.0
+                for i in range(K):
+                    acc += A[i, mu] * delta[i]
+                F[t, off] = -rates[ETA_LAM] * acc * s[t, mu]
+                off += 1
+        if modes and flags[TRAIN_A]:
+            for i in range(K):
+                for mu in range(r):
+                    F[t, off] = -rates[ETA_A] * lam[mu] * delta[i] * s[t, mu]
+                    off += 1
+        if flags[TRAIN_V]:
+            for i in range(K):
+                F[t, off] = -rates[ETA_V] * err * gh[i]
+                off += 1
+    return F
 
 
 def _normal_points(dim: int, log2: int) -> np.ndarray:
@@ -118,7 +149,7 @@ def _field_factor(G, S, T):
     return U[:, keep] * np.sqrt(w[keep])
 
 
-def noise_covariance(system: OdeSystem, y, log2: int | None = QMC_LOG2, return_mean: bool = False):
+def noise_covariance(system: OdeSystem, y, log2: int = QMC_LOG2, return_mean: bool = False):
     """``V(y)``: N^2 x the covariance of one SGD step's change of the state vector.
 
     ``V = Cov(F) / b`` with ``F`` = :func:`increments` of one sample, averaged over the Gaussian
@@ -129,9 +160,6 @@ def noise_covariance(system: OdeSystem, y, log2: int | None = QMC_LOG2, return_m
     cubature error: a check).
     """
     G, S, C, st = _structure(system, y)
-    if log2 is None:
-        d = np.asarray(y).size
-        log2 = int(np.clip(math.floor(math.log2(5e7 / d**2)), 13, 16))
     L = _field_factor(G, S, system.T)
     noisy = system.dynamics.sigma > 0
     Z = _normal_points(L.shape[1] + noisy, log2)
@@ -195,7 +223,7 @@ def finite_n_drift(system: OdeSystem, y, J=None) -> np.ndarray:
             f1G = f1G + eta**2 * (b - 1) / b * dY @ np.linalg.pinv(Cf, rcond=1e-12, hermitian=True) @ dY.T
         out[:r * (r + 1) // 2] = f1G[np.triu_indices(r)]
     if J is None:
-        J = finite_difference_jacobian(system.rhs, y, order=2)
+        J = system.jacobian(y, order=2)
     return out - 0.5 * J @ system.rhs(y)
 
 
@@ -212,38 +240,46 @@ def _leading(w, cutoff):
     return mask
 
 
-def hessian_contraction(f, y, Sigma, rel_step: float = 1e-4, cutoff: float = 1e-4) -> np.ndarray:
+def hessian_contraction(f_many, y, Sigma, rel_step: float = 1e-4, cutoff: float = 1e-4) -> np.ndarray:
     """``H : Sigma = sum_jk d^2 f / dy_j dy_k Sigma_jk`` for a symmetric PSD ``Sigma``, by second
-    central differences along its leading eigenvectors (all but ``cutoff`` of its trace)."""
+    central differences along its leading eigenvectors (all but ``cutoff`` of its trace); ``f_many``
+    maps the rows of an array (:meth:`OdeSystem.rhs_many`)."""
     w, U = np.linalg.eigh((Sigma + Sigma.T) / 2)
-    f0 = f(y)
-    out = np.zeros_like(f0)
-    scale = max(1.0, float(np.max(np.abs(y))))
-    h = rel_step * scale
-    for lam, e in zip(w[_leading(w, cutoff)], U.T[_leading(w, cutoff)]):
-        out += lam * (f(y + h * e) + f(y - h * e) - 2 * f0) / (h * h)
-    return out
+    keep = _leading(w, cutoff)
+    h = rel_step * max(1.0, float(np.max(np.abs(y))))
+    E = h * U[:, keep].T
+    values = f_many(np.concatenate((y[None], y + E, y - E)))
+    m = E.shape[0]
+    return w[keep] @ (values[1:m + 1] + values[m + 1:] - 2 * values[0]) / (h * h)
 
 
 # --------------------------------------------------------------------------------------
 # Propagation along the ODE
 # --------------------------------------------------------------------------------------
 def _step(J, V, h):
-    """``Phi = e^{hJ}``, ``Qh = int_0^h e^{tJ} V e^{tJ^T} dt`` (Van Loan), ``Ih = int_0^h e^{tJ} dt``."""
+    """``Phi = e^{hJ}`` and ``Qh = int_0^h e^{tJ} V e^{tJ^T} dt`` (Van Loan's block exponential)."""
     d = J.shape[0]
+    Phi = expm(J * h)
+    scale = float(np.abs(V).max())
+    if scale == 0.0:
+        return Phi, np.zeros((d, d))
+    c = max(float(np.abs(J).max()), 1.0 / h) / scale  # V scaled to J's size: fewer squarings in expm
     Bv = np.zeros((2 * d, 2 * d))
-    Bv[:d, :d], Bv[:d, d:], Bv[d:, d:] = -J, V, J.T
-    Ev = expm(Bv * h)
-    Phi = Ev[d:, d:].T
-    Qh = Phi @ Ev[:d, d:]
-    Bi = np.zeros((2 * d, 2 * d))
-    Bi[:d, :d], Bi[:d, d:] = J * h, np.eye(d) * h
-    Ih = expm(Bi)[:d, d:]
-    return Phi, (Qh + Qh.T) / 2, Ih
+    Bv[:d, :d], Bv[:d, d:], Bv[d:, d:] = -J, c * V, J.T
+    Qh = Phi @ expm(Bv * h)[:d, d:] / c
+    return Phi, (Qh + Qh.T) / 2
+
+
+def _forced(J, h, s):
+    """``int_0^h e^{tJ} s dt``: the top right column of ``exp(h [[J, s], [0, 0]])``."""
+    d = J.shape[0]
+    B = np.zeros((d + 1, d + 1))
+    B[:d, :d], B[:d, d] = J * h, s * h
+    return expm(B)[:d, d]
 
 
 def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: bool = True,
-              log2: int | None = QMC_LOG2):
+              log2: int = QMC_LOG2):
     """``Sigma`` and ``b`` at the ``nodes`` (increasing alpha) of an ODE solution ``ys``.
 
     ``Sigma0``, ``b0``: their initial values (default 0: runs started from the very networks
@@ -259,26 +295,28 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     Sig[0] = 0 if Sigma0 is None else Sigma0
     bb[0] = 0 if b0 is None else b0
 
-    def node(k, Sigma):
-        J = finite_difference_jacobian(system.rhs, ys[k], order=1)
-        V = noise_covariance(system, ys[k], log2)
-        if not bias:
-            return J, V, np.zeros(d)
-        force = finite_n_drift(system, ys[k], J)
-        if np.any(Sigma):
-            force = force + 0.5 * hessian_contraction(system.rhs, ys[k], Sigma)
-        return J, V, force
+    def node(k):
+        J = system.jacobian(ys[k], order=1)
+        return J, noise_covariance(system, ys[k], log2)
 
-    J0, V0, s0 = node(0, Sig[0])
+    def forcing(k, J):
+        if not bias:
+            return np.zeros(d)
+        force = finite_n_drift(system, ys[k], J)
+        if np.any(Sig[k]):
+            force = force + 0.5 * hessian_contraction(system.rhs_many, ys[k], Sig[k])
+        return force
+
+    J0, V0 = node(0)
+    s0 = forcing(0, J0)
     for k in range(n - 1):
-        h = nodes[k + 1] - nodes[k]
-        J1 = finite_difference_jacobian(system.rhs, ys[k + 1], order=1)
-        V1 = noise_covariance(system, ys[k + 1], log2)
-        Phi, Qh, Ih = _step(0.5 * (J0 + J1), 0.5 * (V0 + V1), h)
+        J1, V1 = node(k + 1)
+        Jm, h = 0.5 * (J0 + J1), nodes[k + 1] - nodes[k]
+        Phi, Qh = _step(Jm, 0.5 * (V0 + V1), h)
         Sig[k + 1] = Phi @ Sig[k] @ Phi.T + Qh
         if bias:
-            s1 = finite_n_drift(system, ys[k + 1], J1) + 0.5 * hessian_contraction(system.rhs, ys[k + 1], Sig[k + 1])
-            bb[k + 1] = Phi @ bb[k] + Ih @ (0.5 * (s0 + s1))
+            s1 = forcing(k + 1, J1)
+            bb[k + 1] = Phi @ bb[k] + _forced(Jm, h, 0.5 * (s0 + s1))
             s0 = s1
         J0, V0 = J1, V1
     return Sig, bb
@@ -441,7 +479,7 @@ def _interpolate(nodes, values, alpha):
 
 
 def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bool = True, rtol: float = 1e-8,
-            atol: float = 1e-10, log2: int | None = QMC_LOG2, dy_tol: float = 0.02, tol: float = 0.1,
+            atol: float = 1e-10, log2: int = QMC_LOG2, dy_tol: float = 0.02, tol: float = 0.1,
             per_decade: int = 10) -> dict:
     """The finite-N predictions at the output times ``alpha`` (starting at the initial state).
 
@@ -456,7 +494,7 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
     y0 = np.asarray(y0, float)
     if alpha[-1] > alpha[0]:
         sol = solve_ivp(lambda t, y: system.rhs(y), (alpha[0], alpha[-1]), y0, method="LSODA", rtol=rtol, atol=atol,
-                        dense_output=True, jac=lambda t, y: finite_difference_jacobian(system.rhs, y, order=1))
+                        dense_output=True, jac=lambda t, y: system.jacobian(y, order=1))
         nodes = node_grid(sol.sol, alpha, per_decade, dy_tol)
         ys = np.array([sol.sol(a) for a in nodes])
         ys[0] = y0
@@ -494,23 +532,50 @@ def first_below(alpha, eps, level) -> np.ndarray:
     return np.where(below.any(axis=1), np.asarray(alpha)[idx], np.nan)
 
 
-def escape_distribution(system: OdeSystem, y0, N: int, fp=None, level: float = 0.5, alpha_max: float | None = None,
-                        probe: float = 1e-6, samples: int = 200_000, seed: int = 0) -> dict:
-    """Predicted distribution of the plateau length: the first alpha where eps_g falls below
-    ``level`` x eps_g at the saddle ``fp`` (default: :func:`~onlinemdl.ode.symmetric_fixed_point`),
-    for SGD runs at dimension N started from the state ``y0``.
+def escape_times(alpha, eps, level, window: float) -> np.ndarray:
+    """Plateau lengths of runs: per row of ``eps`` (replicas, n) on the (nearly) evenly spaced ``alpha``, the
+    first ``alpha`` where eps_g averaged over a centred window of ``window`` (in alpha) falls below
+    ``level`` (NaN: never). The average removes the fast O(N^-1/2) fluctuations of eps_g across
+    the level, which would otherwise decide the crossing at small N (theory/finite_size.md §7)."""
+    from scipy.ndimage import uniform_filter1d
 
-    The unstable amplitudes ``c = l . (y - y*)`` (left eigenvectors ``l`` of the unstable
-    eigenvalue ``mu``, all directions of its eigenspace) are taken at ``alpha_r``, where the ODE
-    passes closest to the saddle: their mean is the ODE's own ``a``, their covariance
-    ``(l Sigma(alpha_r) l^T + l V* l^T / (2 mu)) / N`` (the linear-noise covariance there plus the
-    noise that the unstable directions will still amplify, V* at the saddle). A run with
-    amplitude ``c`` escapes at ``alpha_ODE + ln(|a| / |c|) / mu`` (``alpha_ODE`` the ODE's own
-    escape time); when the ODE does not escape (``a = 0``), at
-    ``alpha_r + alpha_probe + ln(probe / |c|) / mu`` with ``alpha_probe`` the escape time of the
-    ODE started at ``y* + probe u`` (u the right eigenvector along ``c``'s mean, or the first one).
-    Returns a dict: ``mean``, ``sd``, ``samples`` (the escape times of ``samples`` draws of c), ``mu``, ``multiplicity``,
-    ``alpha_ref``, ``ode`` (the ODE's own escape time), ``level_eps``.
+    alpha = np.asarray(alpha, float)
+    steps = np.diff(alpha)
+    if steps.size and not np.allclose(steps, steps.mean(), rtol=0.1, atol=0):  # SGD records at whole steps
+        raise ValueError("alpha must be evenly spaced")
+    width = 1 + 2 * int(round(0.5 * window / steps.mean())) if steps.size else 1
+    return first_below(alpha, uniform_filter1d(np.atleast_2d(eps), width, axis=1, mode="nearest"), level)
+
+
+def _unstable_space(fp):
+    """Right basis ``U`` (d, m) and biorthogonal left basis ``L`` (m, d) of the eigenvalue ``mu_max``
+    of the fixed point's Jacobian (degenerate for K > 2): the null spaces of ``J - mu`` and its transpose."""
+    A_ = fp.jacobian - fp.mu_max * np.eye(fp.y.size)
+    sv_r, sv_l = np.linalg.svd(A_), np.linalg.svd(A_.T)
+    m = max(1, int(np.sum(sv_r[1] < 1e-5 * max(1.0, float(sv_r[1][0])))))
+    U, Lnull = sv_r[2][-m:].T, sv_l[2][-m:]
+    return U, np.linalg.solve(Lnull @ U, Lnull)
+
+
+def escape_distribution(system: OdeSystem, y0, N: int, fp=None, level: float = 0.5, window: float | None = None,
+                        alpha_max: float | None = None, samples: int = 500, seed: int = 0) -> dict:
+    """Predicted distribution of the plateau length of SGD runs at dimension N started from the state
+    ``y0``: the :func:`escape_times` (level ``level`` x eps_g at the saddle ``fp``, default
+    :func:`~onlinemdl.ode.symmetric_fixed_point`; centred average over ``window``, default
+    ``1 / (2 mu)``) of runs near the saddle.
+
+    The runs' states at a reference time ``alpha_r`` are Gaussian: mean the ODE's state,
+    covariance ``Sigma(alpha_r) / N`` (:func:`propagate`) plus the noise that the unstable directions
+    will still amplify, ``U (L V L^T / (2 mu)) U^T / N`` (``U``, ``L``: right and left eigenvectors of
+    the unstable eigenvalue ``mu``, all of its eigenspace; ``V`` the noise at ``alpha_r``).
+    ``alpha_r`` is where that unstable variance, discounted by ``e^{2 mu alpha}``, is largest
+    (the noise has been gathered and not yet outgrown by the flow) before the ODE escapes and
+    while the linear-noise expansion holds (:func:`validity`). Each of
+    ``samples`` draws of that state is followed by the ODE: the nonlinear flow away from the
+    saddle decides when and in which direction it escapes. Returns a dict: ``mean``, ``sd``,
+    ``samples`` (the escape times; NaN: not escaped by ``alpha_max``, default ``alpha_r + 50 / mu``),
+    ``mu``, ``multiplicity``, ``alpha_ref``, ``ode`` (the ODE's own escape time), ``level_eps``,
+    ``window``.
     """
     from scipy.integrate import solve_ivp
 
@@ -520,66 +585,64 @@ def escape_distribution(system: OdeSystem, y0, N: int, fp=None, level: float = 0
     mu = fp.mu_max
     if not mu > 0:
         raise ValueError("the fixed point has no unstable direction")
-    ystar = fp.y
-    # the eigenspace of mu (degenerate for K > 2): null spaces of J - mu and its transpose,
-    # the left basis made biorthogonal to the right one
-    A_ = fp.jacobian - mu * np.eye(fp.y.size)
-    sv_r, sv_l = np.linalg.svd(A_), np.linalg.svd(A_.T)
-    tol_sv = 1e-5 * max(1.0, float(sv_r[1][0]))
-    m = max(1, int(np.sum(sv_r[1] < tol_sv)))
-    U = sv_r[2][-m:].T
-    Lnull = sv_l[2][-m:]
-    Lft = np.linalg.solve(Lnull @ U, Lnull)
+    U, L = _unstable_space(fp)
+    window = 0.5 / mu if window is None else float(window)
     eps_level = level * fp.eps_g
-    alpha_max = 50.0 / mu if alpha_max is None else alpha_max
-    jac = lambda t, y: finite_difference_jacobian(system.rhs, y, order=1)  # noqa: E731
-    sol = solve_ivp(lambda t, y: system.rhs(y), (0.0, alpha_max), np.asarray(y0, float), method="LSODA",
+    jac = lambda t, y: system.jacobian(y, order=1)  # noqa: E731
+    horizon = 50.0 / mu
+    sol = solve_ivp(lambda t, y: system.rhs(y), (0.0, horizon), np.asarray(y0, float), method="LSODA",
                     rtol=1e-9, atol=1e-12, dense_output=True, jac=jac)
     grid = np.linspace(0.0, sol.t[-1], 4001)
     ygrid = sol.sol(grid).T
-    eps_grid = _observables(system, ygrid)[0]
-    ode_escape = float(first_below(grid, eps_grid, eps_level)[0])
-    rng = np.random.default_rng(seed)
-    Vs = noise_covariance(system, ystar)
-    if np.isfinite(ode_escape):
-        # the linear-noise covariance along the path up to the ODE's escape; the reference time is
-        # where the noise amplitude relative to the ODE's own unstable amplitude is largest (on the
-        # plateau both grow like e^{mu alpha} and their ratio is frozen until the escape)
-        times_r = np.linspace(0.0, ode_escape, 41)
-        nodes = node_grid(sol.sol, times_r, max_outputs=41)
-        Sig, _ = propagate(system, nodes, np.array([sol.sol(t) for t in nodes]), N, bias=False)
-        Sig = _interpolate(nodes, Sig, times_r)
-        amps = np.array([Lft @ (sol.sol(t) - ystar) for t in times_r])
-        ratio = np.array([math.sqrt(max(np.trace(Lft @ S_ @ Lft.T), 0.0) / N) / max(np.linalg.norm(a_), 1e-300)
-                          for S_, a_ in zip(Sig, amps)])
-        early = times_r <= ode_escape - 2.0 / mu  # still near the saddle
-        k_r = int(np.argmax(np.where(early, ratio, -1.0))) if early[1:].any() else int(np.argmax(ratio[:-1]))
-        alpha_r, a = float(times_r[k_r]), amps[k_r]
-        cov_c = Lft @ Sig[k_r] @ Lft.T / N
-        c = _gaussian(rng, a, cov_c, samples)
-        times = ode_escape + np.log(np.linalg.norm(a) / np.linalg.norm(c, axis=1)) / mu
-        alpha_probe = math.nan
-    else:
-        # a symmetric ODE stays on the saddle: the noise alone breaks the symmetry; its amplitude
-        # at the closest approach plus the noise the unstable directions will still amplify,
-        # calibrated by the ODE from y* + probe u
-        k_r = int(np.argmin(np.linalg.norm(ygrid - ystar, axis=1)))
-        alpha_r = float(grid[k_r])
-        nodes = node_grid(sol.sol, np.array([0.0, alpha_r]))
-        Sig, _ = propagate(system, nodes, np.array([sol.sol(t) for t in nodes]), N, bias=False)
-        a = Lft @ (ygrid[k_r] - ystar)
-        cov_c = (Lft @ Sig[-1] @ Lft.T + Lft @ Vs @ Lft.T / (2 * mu)) / N
-        u = U @ (a / np.linalg.norm(a)) if np.linalg.norm(a) > 0 else U[:, 0]
-        u = u / np.linalg.norm(Lft @ u)
-        ps = solve_ivp(lambda t, y: system.rhs(y), (0.0, alpha_max), ystar + probe * u, method="LSODA", rtol=1e-9,
-                       atol=1e-13, dense_output=True, jac=jac)
-        pg = np.linspace(0.0, ps.t[-1], 8001)
-        alpha_probe = float(first_below(pg, _observables(system, ps.sol(pg).T)[0], eps_level)[0])
-        c = _gaussian(rng, a, cov_c, samples)
-        times = alpha_r + alpha_probe + np.log(probe / np.linalg.norm(c, axis=1)) / mu
-    return dict(mean=float(times.mean()), sd=float(times.std()), samples=times, mu=mu, multiplicity=m,
-                alpha_ref=alpha_r, ode=ode_escape, level_eps=eps_level, amplitude=a, amplitude_cov=cov_c,
-                alpha_probe=alpha_probe)
+    ode_escape = float(escape_times(grid, _observables(system, ygrid)[0], eps_level, window)[0])
+    # the reference time: where the unstable amplitude's noise variance, with the noise still to be
+    # amplified, is largest relative to e^{2 mu alpha}, within the expansion's validity
+    stop = ode_escape if np.isfinite(ode_escape) else grid[-1]
+    nodes = node_grid(sol.sol, np.linspace(0.0, stop, 41), max_outputs=41)
+    ys = np.array([sol.sol(t) for t in nodes])
+    Sig, bb = propagate(system, nodes, ys, N, bias=True)
+    Vs = [noise_covariance(system, y) for y in ys]
+    growth = np.array([np.trace(L @ (S_ + V_ / (2 * mu)) @ L.T) for S_, V_ in zip(Sig, Vs)]) * np.exp(-2 * mu * nodes)
+    k = int(np.argmax(np.where(np.cumprod(validity(ys, Sig, N, system.T)) > 0, growth, -np.inf)))
+    alpha_r = float(nodes[k])
+    amplified = U @ (L @ Vs[k] @ L.T / (2 * mu)) @ U.T
+    start = _gaussian(np.random.default_rng(seed), ys[k] + bb[k] / N, (Sig[k] + amplified) / N, samples)
+    alpha_max = alpha_r + horizon if alpha_max is None else float(alpha_max)
+    times = _escape_of_samples(system, start, alpha_r, alpha_max, eps_level, window)
+    return dict(mean=float(np.nanmean(times)), sd=float(np.nanstd(times)), samples=times, mu=mu,
+                multiplicity=U.shape[1], alpha_ref=alpha_r, ode=ode_escape, level_eps=eps_level, window=window)
+
+
+def _escape_of_samples(system, start, alpha_r, alpha_max, eps_level, window):
+    """:func:`escape_times` of the ODE solutions from the rows of ``start`` at ``alpha_r``: all
+    integrated as one system until every one is ``window`` past its crossing (or ``alpha_max``)."""
+    from scipy.integrate import solve_ivp
+
+    n, d = start.shape
+
+    def rhs(t, z):
+        return system.rhs_many(z.reshape(n, d)).ravel()
+
+    def all_below(t, z):
+        return float(np.max(_observables(system, z.reshape(n, d))[0])) - eps_level
+
+    all_below.terminal = True
+    first = solve_ivp(rhs, (alpha_r, alpha_max), start.ravel(), method="RK45", rtol=1e-7, atol=1e-10,
+                      dense_output=True, events=all_below)
+    pieces = [first.sol]
+    end = first.t[-1]
+    if first.status == 1 and end < alpha_max:  # run on for the centred average past the crossing
+        tail_end = min(end + window, alpha_max)
+        tail = solve_ivp(rhs, (end, tail_end), first.y[:, -1], method="RK45", rtol=1e-7, atol=1e-10,
+                         dense_output=True)
+        pieces.append(tail.sol)
+        end = tail_end
+    grid = np.linspace(alpha_r, end, max(2, int(math.ceil(20 * (end - alpha_r) / window)) + 1))
+    cut = first.t[-1]
+    Z = np.concatenate([pieces[0](grid[grid <= cut])] + ([pieces[1](grid[grid > cut])] if len(pieces) > 1 else []),
+                       axis=1)
+    eps = _observables(system, Z.reshape(n, d, -1).transpose(0, 2, 1).reshape(-1, d))[0].reshape(n, -1)
+    return escape_times(grid, eps, eps_level, window)
 
 
 def _gaussian(rng, mean, cov, n):

@@ -11,7 +11,7 @@ from ..gaussian import eps_g as _eps_g
 from ..runsetup import check_number, diverged_message, divergence_threshold, output_times
 from ..trajectory import Trajectory
 from .kernels import euler
-from .system import OdeSystem, finite_difference_jacobian
+from .system import OdeSystem
 
 if TYPE_CHECKING:
     from ..model import Student, Teacher
@@ -156,7 +156,12 @@ def _run_adaptive(system, y0, alpha, method, rtol, atol, max_q):
     name = "LSODA" if method == "auto" else method
     kw = {}
     if name in ("LSODA", "BDF", "Radau"):
-        kw["jac"] = lambda t, y: finite_difference_jacobian(rhs, y, order=1)
+        def jac(t, y):
+            nonlocal nfev
+            nfev += y.size + 1
+            return system.jacobian(y, order=1)
+
+        kw["jac"] = jac
     if alpha[-1] == 0:
         return y0[None, :], 0, "ok", ""
     sol = solve_ivp(lambda t, y: rhs(y), (0.0, alpha[-1]), y0, method=name, t_eval=alpha, rtol=rtol, atol=atol,

@@ -290,6 +290,15 @@ def rhs_any(y, args):
 
 
 @njit(cache=True)
+def rhs_many(Y, args):
+    """:func:`rhs_any` of each row of ``Y``."""
+    out = np.empty_like(Y)
+    for i in range(Y.shape[0]):
+        out[i] = rhs_any(Y[i], args)
+    return out
+
+
+@njit(cache=True)
 def euler(y, t_out, dt, args, max_q):
     """Fixed-step Euler to each output time; stops once some |state entry| exceeds ``max_q``."""
     ys = np.full((t_out.size, y.size), np.nan)
