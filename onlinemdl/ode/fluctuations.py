@@ -471,11 +471,19 @@ def node_grid(sol, alpha, per_decade: int = 10, dy_tol: float = 0.02, max_depth:
     return np.array(nodes)
 
 
-def _interpolate(nodes, values, alpha):
-    """Piecewise-linear interpolation of ``values`` (n_nodes, ...) to the times ``alpha``."""
+def _interpolate(nodes, values, alpha, geometric: bool = False):
+    """Interpolation of ``values`` (n_nodes, ...) to the times ``alpha``: piecewise linear, or with
+    ``geometric`` log-linear in ``|value|`` between nodes of the same strict sign (exact for the
+    exponential relaxation of a converging run; linear elsewhere)."""
     k = np.clip(np.searchsorted(nodes, alpha, side="right") - 1, 0, len(nodes) - 2)
     w = ((alpha - nodes[k]) / (nodes[k + 1] - nodes[k])).reshape((-1,) + (1,) * (values.ndim - 1))
-    return (1 - w) * values[k] + w * values[k + 1]
+    v0, v1 = values[k], values[k + 1]
+    out = (1 - w) * v0 + w * v1
+    if geometric:
+        same = v0 * v1 > 0
+        a0, a1 = np.abs(np.where(same, v0, 1.0)), np.abs(np.where(same, v1, 1.0))
+        out = np.where(same, np.sign(v0) * a0 ** (1 - w) * a1**w, out)
+    return out
 
 
 def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bool = True, rtol: float = 1e-8,
@@ -508,10 +516,10 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
     mom = [eps_g_moments(system, y, S_, b_, N) for y, S_, b_ in zip(ys, Sig, bb)]
     var = np.array([m[0] ** 2 for m in mom]), np.array([m[2] ** 2 for m in mom])
     shift = np.array([m[1] for m in mom]), np.array([m[3] for m in mom])
-    if nodes.size > 1:  # outputs between nodes: linear interpolation of variances and shifts
+    if nodes.size > 1:  # outputs between nodes: the state's moments linear, the observables' log-linear
         Sig, bb = _interpolate(nodes, Sig, alpha), _interpolate(nodes, bb, alpha)
-        var = tuple(_interpolate(nodes, x, alpha) for x in var)
-        shift = tuple(_interpolate(nodes, x, alpha) for x in shift)
+        var = tuple(_interpolate(nodes, x, alpha, geometric=True) for x in var)
+        shift = tuple(_interpolate(nodes, x, alpha, geometric=True) for x in shift)
     n = alpha.size
     qs, qb = np.sqrt(var[1]), shift[1]
     out = dict(cov=Sig / N, bias=bb / N, eps_g_sd=np.sqrt(var[0]), eps_g_bias=shift[0],
