@@ -15,7 +15,9 @@ Derivations: ``theory/finite_size.md``; every equation there names its function 
 * :func:`propagate`: ``Sigma`` (``dSigma/da = J Sigma + Sigma J^T + V``) and ``b``
   (``db/da = J b + H:Sigma/2 + f_1``) along an ODE solution, exponential (Van Loan) steps;
 * :func:`eps_g_moments`: the mean shift and the standard deviation of ``eps_g`` and of ``Q``,
-  ``R`` across runs.
+  ``R`` across runs;
+* :func:`escape_distribution`, :func:`escape_times`: the plateau lengths of runs near a saddle,
+  predicted (states drawn from the linear-noise theory, followed by the ODE) and measured.
 """
 from __future__ import annotations
 
