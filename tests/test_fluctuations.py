@@ -188,6 +188,31 @@ def test_fresh_initial_covariance_matches_sampled_networks():
     np.testing.assert_allclose(traj.cov[0], fl.initial_covariance(system, system.pack(state), N, scale2) / N)
     np.testing.assert_allclose(traj.Q[0], scale2 * np.eye(K))
     np.testing.assert_allclose(traj.R[0], 0.0)
+    given = om.integrate(one, teacher, eta=1.0, alpha=[0, 1], fluctuations="fresh", init_variance=0.64)
+    np.testing.assert_allclose(given.Q[0], 0.64 * np.eye(K))
+    with pytest.raises(ValueError, match="init_variance"):
+        om.integrate(one, teacher, eta=1.0, alpha=[0, 1], fluctuations=True, init_variance=0.64)
+    with pytest.raises(ValueError, match="init_variance"):
+        om.integrate(one, teacher, eta=1.0, alpha=[0, 1], fluctuations="fresh", init_variance=-1.0)
+
+
+@pytest.mark.slow
+def test_fresh_initial_weights_match_the_gram_chain():
+    """1000 runs, each from its own freshly drawn student (N = 1000, K = M = 2): the spread of eps_g
+    within 10% and the mean gap within 3 standard errors of the "fresh" prediction with the
+    initializer's variance."""
+    N, K, runs = 1000, 2, 1000
+    alpha = np.array([0, 0.5, 1, 2, 5, 10, 20])
+    teacher = om.Teacher.random(N, K, seed=0)
+    theory = om.integrate(om.Student.full(N, K, seed=1), teacher, eta=1.0, alpha=alpha, fluctuations="fresh",
+                          init_variance=1.0)
+    assert theory.fluct_valid_until == np.inf
+    e = np.array([np.atleast_2d(om.simulate(om.Student.full(N, K, seed=1000 + i), teacher, eta=1.0, alpha=alpha,
+                                            replicas=1, seed=i).eps_g)[0] for i in range(runs)])
+    sd = e.std(0, ddof=1)
+    assert np.max(np.abs(sd / theory.eps_g_sd - 1)) < 0.1, sd / theory.eps_g_sd
+    z = (e.mean(0) - theory.eps_g - theory.eps_g_bias) / (sd / np.sqrt(runs))
+    assert np.max(np.abs(z)) < 3, z
 
 
 # --------------------------------------------------------------------------------------

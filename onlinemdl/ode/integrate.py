@@ -25,7 +25,8 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
               eta_A: float | None = None, eta_v: float | None = None, method: str = "auto", rtol: float = 1e-8,
               atol: float = 1e-10, step: float | None = None, points: int = 200, state: dict | None = None,
               system: OdeSystem | None = None, form: str | None = None, max_norm: float = 1e2,
-              fluctuations: bool | str = False, N: int | None = None) -> Trajectory:
+              fluctuations: bool | str = False, N: int | None = None,
+              init_variance: float | None = None) -> Trajectory:
     """Integrate the order-parameter ODEs from the networks' own order parameters.
 
     Parameters
@@ -48,13 +49,17 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
     fluctuations : finite-N theory of SGD at the networks' N (``theory/finite_size.md``):
         True (or "fixed") for SGD runs started from these very networks (zero initial
         covariance); "fresh" for runs whose N-dimensional weights are drawn afresh with i.i.d.
-        entries of the networks' variance (``Student.full(init="large" or "small")``, a fresh
-        ``Xi``): the ODE then starts from the ensemble mean of the initial order parameters
-        (``G = tr(G) I / r``, overlaps with the teacher 0) with their O(1/N) covariance. The
+        entries of variance ``init_variance / N`` (``Student.full(init="large", scale=s)``: ``s^2``;
+        a fresh ``Xi``): the ODE then starts from the ensemble mean of the initial order parameters
+        (``G = init_variance I``, overlaps with the teacher 0) with their O(1/N) covariance. The
         Trajectory then also carries ``eps_g_sd``, ``eps_g_bias``, ``Q_sd``, ``R_sd``, ``cov``,
         ``bias`` and ``fluct_valid_until`` (see :func:`onlinemdl.ode.fluctuations.predict`).
         Forms "full" and "modes".
     N : input dimension of the prediction when the system is given by ``state=``, ``system=``.
+    init_variance : with ``fluctuations="fresh"``, the initializer's ``E[G_aa]`` (the squared norm
+        of a fresh N-dimensional weight vector over N). None estimates it as ``tr(G) / r`` of the
+        given networks, whose own O(N^-1/2) sampling error then shifts the predicted mean by more
+        than the O(1/N) bias: give it when the bias matters.
 
     Returns
     -------
@@ -86,8 +91,12 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
     if fluctuations and not N:
         raise ValueError("fluctuations need the input dimension: give networks, or N= with state=, system=")
     sigma0 = None
+    if init_variance is not None:
+        if fluctuations != "fresh":
+            raise ValueError('init_variance is used with fluctuations="fresh" only')
+        init_variance = check_number("init_variance", init_variance, strict=True)
     if fluctuations == "fresh":
-        state, sigma0 = _fresh_start(system, state, N)
+        state, sigma0 = _fresh_start(system, state, N, init_variance)
     y0 = system.pack(state)
     max_q = divergence_threshold(system.dynamics.max_norm, system.T, state.get("Q", state.get("Rm")))
     t0 = time.perf_counter()
@@ -110,7 +119,7 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
     return traj
 
 
-def _fresh_start(system, state, N):
+def _fresh_start(system, state, N, init_variance=None):
     """Ensemble mean of the initial order parameters of i.i.d. weights and their N x covariance."""
     from .fluctuations import initial_covariance
 
@@ -118,7 +127,7 @@ def _fresh_start(system, state, N):
     if system.form == "reduced":
         raise ValueError('fluctuations="fresh" needs form "full" or "modes"')
     G = np.asarray(state[key], float)
-    scale2 = float(np.trace(G)) / G.shape[0]
+    scale2 = float(np.trace(G)) / G.shape[0] if init_variance is None else init_variance
     state = dict(state, **{key: scale2 * np.eye(G.shape[0]), other: np.zeros_like(np.asarray(state[other]))})
     y0 = system.pack(state)
     return state, initial_covariance(system, y0, N, scale2)
