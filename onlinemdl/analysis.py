@@ -742,3 +742,69 @@ def mode_overlaps(traj: Trajectory, teacher=None, replica=None) -> np.ndarray:
     Sm = t.S @ np.linalg.pinv(Ct.T)
     Tm = teacher.Xi.T @ teacher.Xi / teacher.N
     return _ratio(Sm, rm * np.sqrt(np.diag(Tm))[None, None, :])
+
+
+# --------------------------------------------------------------------------------------
+# The finite-N theory against simulations
+# --------------------------------------------------------------------------------------
+@dataclass
+class FluctuationCheck:
+    """The finite-N theory of an ODE against the replicas of a simulation (``theory/finite_size.md`` §8).
+
+    Attributes
+    ----------
+    alpha : the compared output times (after the start, before ``fluct_valid_until``).
+    sd_ratio : measured / predicted standard deviation across replicas, per observable: "eps_g"
+        (n,), "Q" (n, K, K), "R" (n, K, M); NaN where the prediction is below ``rel_floor`` of
+        its largest value (entries that hardly fluctuate).
+    gap, se : replica mean of eps_g minus the ODE, and its standard error.
+    bias : the predicted gap (``eps_g_bias``); ``z = (gap - bias) / se``.
+    replicas : number of replicas.
+    """
+
+    alpha: np.ndarray
+    sd_ratio: dict
+    gap: np.ndarray
+    se: np.ndarray
+    bias: np.ndarray
+    z: np.ndarray
+    replicas: int
+
+    @property
+    def worst_sd(self) -> float:
+        """Largest |measured / predicted sd - 1| over every compared entry."""
+        return max(float(np.nanmax(np.abs(r - 1))) for r in self.sd_ratio.values())
+
+    def summary(self) -> str:
+        """One line: ranges of the sd ratios and the largest |z| of the bias."""
+        parts = [f"{name} {np.nanmin(r):.3f}-{np.nanmax(r):.3f}" for name, r in self.sd_ratio.items()]
+        return (f"{self.replicas} replicas, {self.alpha.size} times: measured/predicted sd " + ", ".join(parts)
+                + f"; max |gap - bias| {np.max(np.abs(self.z)):.1f} s.e. (max |gap| {np.max(np.abs(self.gap / self.se)):.1f})")
+
+
+def check_fluctuations(theory: Trajectory, sim: Trajectory, rel_floor: float = 1e-3) -> FluctuationCheck:
+    """Compare ``integrate(..., fluctuations=True)`` with a simulation's replicas at the same times.
+
+    Raises ValueError when ``theory`` has no finite-N prediction, ``sim`` has fewer than 2
+    replicas, or their output times differ.
+    """
+    if theory.eps_g_sd is None:
+        raise ValueError("theory has no finite-N prediction: use integrate(..., fluctuations=True)")
+    if sim.eps_g.ndim != 2 or sim.eps_g.shape[0] < 2:
+        raise ValueError("sim must have at least 2 replicas")
+    if sim.alpha.shape != theory.alpha.shape or not np.allclose(sim.alpha, theory.alpha, rtol=1e-9, atol=1e-12):
+        raise ValueError("theory and sim must have the same output times alpha")
+    ok = (theory.alpha > theory.alpha[0]) & (theory.alpha < theory.fluct_valid_until)
+    n = sim.eps_g.shape[0]
+
+    def ratio(measured, predicted):
+        big = predicted > rel_floor * np.max(predicted)
+        return np.where(big, measured / np.where(big, predicted, 1.0), np.nan)
+
+    sd = {"eps_g": sim.eps_g[:, ok].std(0, ddof=1), "Q": sim.Q[:, ok].std(0, ddof=1), "R": sim.R[:, ok].std(0, ddof=1)}
+    pred = {"eps_g": theory.eps_g_sd[ok], "Q": theory.Q_sd[ok], "R": theory.R_sd[ok]}
+    gap = sim.eps_g[:, ok].mean(0) - theory.eps_g[ok]
+    se = sd["eps_g"] / math.sqrt(n)
+    bias = theory.eps_g_bias[ok]
+    return FluctuationCheck(alpha=theory.alpha[ok], sd_ratio={k: ratio(sd[k], pred[k]) for k in sd}, gap=gap, se=se,
+                            bias=bias, z=(gap - bias) / se, replicas=n)
