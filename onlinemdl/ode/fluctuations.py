@@ -165,12 +165,18 @@ def noise_covariance(system: OdeSystem, y, log2: int = QMC_LOG2, return_mean: bo
     L = _field_factor(G, S, system.T)
     noisy = system.dynamics.sigma > 0
     Z = _normal_points(L.shape[1] + noisy, log2)
-    f = Z[:, :L.shape[1]] @ L.T
-    r = G.shape[0]
-    F = increments(system, y, f[:, :r], f[:, r:], Z[:, -1] if noisy else None)
-    mean = F.mean(axis=0)
-    Fc = F - mean
-    V = Fc.T @ Fc / (F.shape[0] * system.dynamics.batch)
+    r, n, d = G.shape[0], Z.shape[0], np.asarray(y).size
+    shift = system.rhs(y)  # the exact mean: the sums below stay free of cancellation
+    total, second = np.zeros(d), np.zeros((d, d))
+    for lo in range(0, n, 2048):  # in chunks that stay in cache
+        z = Z[lo:lo + 2048]
+        f = z[:, :L.shape[1]] @ L.T
+        F = increments(system, y, f[:, :r], f[:, r:], z[:, -1] if noisy else None) - shift
+        total += F.sum(axis=0)
+        second += F.T @ F
+    dm = total / n
+    V = (second / n - np.outer(dm, dm)) / system.dynamics.batch
+    mean = shift + dm
     return (V, mean) if return_mean else V
 
 
