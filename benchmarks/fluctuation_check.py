@@ -44,8 +44,8 @@ CASES = [  # label, eta, networks(N), Ns, alpha, alpha at N = 10^4
     ("K = M = 3, large init", 1.0, lambda N: classic(3, N), (100, 1000, 10_000), [0, 0.5, 1, 2, 5, 10]),
     ("K = M = 3, small init, onto the plateau", 1.0, lambda N: classic(3, N, "small"), (1000, 10_000),
      [0, 1, 2, 5, 10, 20]),
-    ("K = M = 2, sigma 0.3, decay 0.1, batch 2, trained v", 1.5, noisy, (50, 1000), [0, 0.5, 1, 2, 5, 10]),
-    ("published mode setting (K = M = 8, p = 3, Xi only)", 5.0, published_modes, (30, 100, 1000),
+    ("K = M = 2, sigma 0.3, decay 0.1, batch 2, trained v, eta = 1.5", 1.5, noisy, (50, 1000), [0, 0.5, 1, 2, 5, 10]),
+    ("published mode setting (K = M = 8, p = 3, Xi only, eta = 5)", 5.0, published_modes, (30, 100, 1000),
      [0, 0.5, 1, 2, 5, 10]),
     ("K = M = 2, large init, eta = 4 (bias many s.e.)", 4.0, lambda N: classic(2, N), (50,), [0, 2, 5, 10, 20, 50]),
 ]
