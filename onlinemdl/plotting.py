@@ -69,11 +69,13 @@ def _default_label(traj):
     return f"{traj.kind.upper() if traj.kind == 'sgd' else traj.kind} ({n} replica{'s' if n > 1 else ''})"
 
 
-def plot_eps_g(trajectories, labels=None, plateaus=True, ax=None) -> Figure:
+def plot_eps_g(trajectories, labels=None, plateaus=True, ax=None, bands=True) -> Figure:
     """Learning curves ``eps_g(alpha)``, log-log.
 
     ODE trajectories are drawn as lines, simulations as the replica mean with a band of one
-    standard error of the mean (one replica: a thin line).
+    standard error of the mean (one replica: a thin line). An ODE with the finite-N theory
+    (``integrate(..., fluctuations=True)``) also gets, with ``bands``, the predicted band of single
+    runs: its bias-corrected mean +- 2 predicted standard deviations, up to ``fluct_valid_until``.
 
     Parameters
     ----------
@@ -101,12 +103,23 @@ def plot_eps_g(trajectories, labels=None, plateaus=True, ax=None) -> Figure:
             a, eps = _positive(t.alpha, t.eps_g if t.eps_g.ndim == 1 else t.eps_g[0])
             ode = t.kind == "ode"
             ax.plot(a, eps, "-" if ode else "-.", lw=2 if ode else 1, color=color, label=label, zorder=3 if ode else 2)
+            if ode and bands and t.eps_g_sd is not None:
+                _predicted_band(ax, t, color)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(ALPHA_LABEL)
     ax.set_ylabel(r"generalisation error $\epsilon_g$")
     ax.legend(frameon=False)
     return fig
+
+
+def _predicted_band(ax, t: Trajectory, color):
+    """The finite-N theory's band of single runs around an ODE: mean + bias +- 2 sd, where valid."""
+    ok = (t.alpha < t.fluct_valid_until) & (t.alpha > 0)  # a logarithmic alpha axis
+    a, mean, sd = t.alpha[ok], (t.eps_g + t.eps_g_bias)[ok], t.eps_g_sd[ok]
+    N = t.params.get("N", "?")
+    ax.fill_between(a, np.maximum(mean - 2 * sd, mean * 1e-3), mean + 2 * sd, color=color, alpha=0.15, lw=0,
+                    label=f"predicted $\\pm 2$ sd of one run (N = {N})")
 
 
 def plot_local_exponent(trajectories, labels=None, smooth=None, features=True, ax=None) -> Figure:

@@ -126,3 +126,15 @@ def test_plot_specialization_replica_mean(classic):
     fig = pl.plot_specialization(as_simulation(classic), replica=None)
     check(fig, 2)
     assert "sudden" in fig.axes[1].get_title()
+
+
+def test_plot_eps_g_draws_the_predicted_band_of_single_runs():
+    teacher, student = om.Teacher.random(50, 2, seed=0), om.Student.full(50, 2, seed=1)
+    theory = om.integrate(student, teacher, eta=1.0, alpha=[0, 0.5, 1, 2, 5], fluctuations=True)
+    fig = pl.plot_eps_g(theory)
+    (band,) = [c for c in fig.axes[0].collections if "predicted" in c.get_label()]
+    assert "N = 50" in band.get_label()
+    top = band.get_paths()[0].vertices[:, 1].max()
+    upper = (theory.eps_g + theory.eps_g_bias + 2 * theory.eps_g_sd)[theory.alpha > 0]  # log axis: alpha > 0
+    assert top == pytest.approx(upper.max(), rel=1e-9)
+    assert not [c for c in pl.plot_eps_g(theory, bands=False).axes[0].collections if "predicted" in c.get_label()]
