@@ -311,6 +311,16 @@ def test_escape_time_from_the_symmetric_plateau(K):
     assert abs(pred["sd"] / np.nanstd(meas) - 1) < 0.15, (pred["sd"], np.nanstd(meas))
 
 
+def test_escape_distribution_refuses_bad_arguments():
+    state = dict(Q=0.01 * np.eye(2), R=np.zeros((2, 2)))
+    system = OdeSystem.from_state(state, T=np.eye(2), vt=np.ones(2), eta=1.0)
+    y = system.pack(state)
+    for kw, name in ((dict(N=0), "N"), (dict(samples=1), "samples"), (dict(level=1.5), "level"),
+                     (dict(window=-1.0), "window"), (dict(seed=-1), "seed")):
+        with pytest.raises(ValueError, match=name):
+            fl.escape_distribution(system, y, **{"N": 100, **kw})
+
+
 def test_escape_times_average_out_fast_fluctuations():
     alpha = np.linspace(0, 10, 101)
     wiggle = 0.3 * (-1.0) ** np.arange(alpha.size)  # dips below 0.5 at every other point from alpha = 2.1

@@ -29,6 +29,7 @@ from scipy.linalg import expm
 
 from ..dynamics import ACT, DECAY, ETA, ETA_A, ETA_LAM, ETA_V, INV_BATCH, SIGMA, TRAIN_A, TRAIN_LAM, TRAIN_N, TRAIN_V
 from ..gaussian import LINEAR, dg, g, joint_covariance
+from ..runsetup import check_int, check_number
 from .kernels import field_averages
 from .system import OdeSystem
 
@@ -580,8 +581,8 @@ def escape_distribution(system: OdeSystem, y0, N: int, fp=None, level: float = 0
     :func:`~onlinemdl.ode.symmetric_fixed_point`; centred average over ``window``, default
     ``1 / (2 mu)``) of runs near the saddle.
 
-    The runs' states at a reference time ``alpha_r`` are Gaussian: mean the ODE's state,
-    covariance ``Sigma(alpha_r) / N`` (:func:`propagate`) plus the noise that the unstable directions
+    The runs' states at a reference time ``alpha_r`` are Gaussian: mean the ODE's state plus the
+    bias ``b / N``, covariance ``Sigma(alpha_r) / N`` (:func:`propagate`) plus the noise that the unstable directions
     will still amplify, ``U (L V L^T / (2 mu)) U^T / N`` (``U``, ``L``: right and left eigenvectors of
     the unstable eigenvalue ``mu``, all of its eigenspace; ``V`` the noise at ``alpha_r``).
     ``alpha_r`` is where that unstable variance, discounted by ``e^{2 mu alpha}``, is largest
@@ -597,12 +598,16 @@ def escape_distribution(system: OdeSystem, y0, N: int, fp=None, level: float = 0
 
     from .fixed_points import symmetric_fixed_point
 
+    N, samples = check_int("N", N), check_int("samples", samples, low=2)
+    seed = check_int("seed", seed, low=0)
+    if not 0 < check_number("level", level) < 1:
+        raise ValueError(f"level must be in (0, 1) (a fraction of the saddle's eps_g), got {level!r}")
     fp = symmetric_fixed_point(system) if fp is None else fp
     mu = fp.mu_max
     if not mu > 0:
         raise ValueError("the fixed point has no unstable direction")
     U, L = _unstable_space(fp)
-    window = 0.5 / mu if window is None else float(window)
+    window = 0.5 / mu if window is None else check_number("window", window, strict=True)
     eps_level = level * fp.eps_g
     jac = lambda t, y: system.jacobian(y, order=1)  # noqa: E731
     horizon = 50.0 / mu
