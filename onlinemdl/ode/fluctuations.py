@@ -249,17 +249,25 @@ def _leading(w, cutoff):
     return mask
 
 
-def hessian_contraction(f_many, y, Sigma, rel_step: float = 1e-4, cutoff: float = 1e-4) -> np.ndarray:
-    """``H : Sigma = sum_jk d^2 f / dy_j dy_k Sigma_jk`` for a symmetric PSD ``Sigma``, by second
-    central differences along its leading eigenvectors (all but ``cutoff`` of its trace); ``f_many``
-    maps the rows of an array (:meth:`OdeSystem.rhs_many`)."""
+def hessian_contraction(f_many, y, Sigma, J=None, rel_step: float | None = None, cutoff: float = 1e-4) -> np.ndarray:
+    """``H : Sigma = sum_jk d^2 f / dy_j dy_k Sigma_jk`` for a symmetric PSD ``Sigma``, by finite
+    differences along its leading eigenvectors ``e`` (all but ``cutoff`` of its trace): central
+    second differences, or, given the Jacobian ``J`` at ``y``, the one-sided
+    ``2 (f(y + h e) - f(y) - h J e) / h^2`` (half the evaluations; J's own error enters divided by
+    ``h``, hence the larger default step: within 0.05% of the central form on the cases of
+    ``benchmarks/bench_fluctuations.py``). ``h = rel_step max(1, |y|)``, ``rel_step`` 1e-4 (central)
+    or 1e-3 (one-sided) by default. ``f_many`` maps the rows of an array (:meth:`OdeSystem.rhs_many`)."""
     w, U = np.linalg.eigh((Sigma + Sigma.T) / 2)
     keep = _leading(w, cutoff)
+    rel_step = (1e-4 if J is None else 1e-3) if rel_step is None else rel_step
     h = rel_step * max(1.0, float(np.max(np.abs(y))))
     E = h * U[:, keep].T
-    values = f_many(np.concatenate((y[None], y + E, y - E)))
     m = E.shape[0]
-    return w[keep] @ (values[1:m + 1] + values[m + 1:] - 2 * values[0]) / (h * h)
+    if J is None:
+        values = f_many(np.concatenate((y[None], y + E, y - E)))
+        return w[keep] @ (values[1:m + 1] + values[m + 1:] - 2 * values[0]) / (h * h)
+    values = f_many(np.concatenate((y[None], y + E)))
+    return 2 * w[keep] @ (values[1:] - values[0] - E @ J.T) / (h * h)
 
 
 # --------------------------------------------------------------------------------------
@@ -313,7 +321,7 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
             return np.zeros(d)
         force = finite_n_drift(system, ys[k], J)
         if np.any(Sig[k]):
-            force = force + 0.5 * hessian_contraction(system.rhs_many, ys[k], Sig[k])
+            force = force + 0.5 * hessian_contraction(system.rhs_many, ys[k], Sig[k], J)
         return force
 
     J0, V0 = node(0)
