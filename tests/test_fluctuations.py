@@ -311,6 +311,27 @@ def test_escape_time_from_the_symmetric_plateau(K):
     assert abs(pred["sd"] / np.nanstd(meas) - 1) < 0.15, (pred["sd"], np.nanstd(meas))
 
 
+@pytest.mark.slow
+def test_escape_from_an_exactly_symmetric_start():
+    """Q = 0.01 I, R = 0 exactly (K = M = 2, N = 1000): the ODE stays on the saddle, only the SGD noise
+    breaks the symmetry; the predicted plateau length against 300 Gram-chain runs."""
+    N, K = 1000, 2
+    teacher = om.Teacher.orthonormal(N, K, seed=0, vt=np.ones(K))
+    X = np.vstack([teacher.B, np.random.default_rng(5).standard_normal((K, N))])
+    W = np.linalg.qr(X.T)[0][:, K:].T * np.sqrt(0.01 * N)  # orthogonal to the teacher, |w|^2 / N = 0.01
+    student = om.Student(W=W, v=np.ones(K))
+    system, state = OdeSystem.from_networks(student, teacher, eta=1.0)
+    np.testing.assert_allclose(state["R"], 0.0, atol=1e-12)
+    pred = fl.escape_distribution(system, system.pack(state), N)
+    assert pred["ode"] > 5 * pred["mean"]  # the ODE itself leaves only when rounding errors have grown
+    sim = om.simulate(student, teacher, eta=1.0, alpha=np.linspace(0, 260, 1301), replicas=300, seed=9)
+    meas = fl.escape_times(sim.alpha, sim.eps_g, pred["level_eps"], pred["window"])
+    assert np.all(np.isfinite(meas))
+    se = np.hypot(meas.std() / np.sqrt(meas.size), pred["sd"] / np.sqrt(pred["samples"].size))
+    assert abs(pred["mean"] - meas.mean()) < 3 * se, (pred["mean"], meas.mean(), se)
+    assert abs(pred["sd"] / meas.std() - 1) < 0.15, (pred["sd"], meas.std())
+
+
 def test_escape_distribution_refuses_bad_arguments():
     state = dict(Q=0.01 * np.eye(2), R=np.zeros((2, 2)))
     system = OdeSystem.from_state(state, T=np.eye(2), vt=np.ones(2), eta=1.0)
