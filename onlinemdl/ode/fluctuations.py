@@ -63,15 +63,20 @@ def increments(system: OdeSystem, y, s, u, zeta=None) -> np.ndarray:
     ``eta^2`` term carries ``1/b`` (one sample of a batch of ``b``); its ``|x|^2 / N`` is 1
     (its fluctuation is O(N^-1/2)). Returns (n, d), d the state size; mean = ``system.rhs(y)``.
     """
-    G, S, C, st = _structure(system, y)
-    modes, T, vt, v0, A, lam, P, rates, flags = system.kernel_args
-    if system.form == "modes":
-        A, lam = np.ascontiguousarray(st["A"], float), np.ascontiguousarray(st["lam"], float)
     s, u = np.ascontiguousarray(s, float), np.ascontiguousarray(u, float)
     zeta = np.zeros(len(s)) if zeta is None else np.ascontiguousarray(zeta, float)
-    return _increment_rows(s, u, zeta, np.ascontiguousarray(C, float), np.ascontiguousarray(G, float),
-                           np.ascontiguousarray(S, float), np.ascontiguousarray(st["v"], float), vt, A, lam,
-                           rates, flags, modes, np.asarray(y).size)
+    return _increment_rows(s, u, zeta, *_increment_args(system, y))
+
+
+def _increment_args(system: OdeSystem, y) -> tuple:
+    """The state-dependent arguments of :func:`_increment_rows` (after the fields):
+    ``(C, G, S, v, vt, A, lam, rates, flags, modes, d)``."""
+    G, S, C, st = _structure(system, y)
+    modes, _, vt, _, A, lam, _, rates, flags = system.kernel_args
+    if system.form == "modes":
+        A, lam = np.ascontiguousarray(st["A"], float), np.ascontiguousarray(st["lam"], float)
+    f8 = lambda a: np.ascontiguousarray(a, dtype=float)  # noqa: E731
+    return f8(C), f8(G), f8(S), f8(st["v"]), vt, A, lam, rates, flags, modes, np.asarray(y).size
 
 
 @njit(cache=True)
@@ -162,17 +167,19 @@ def noise_covariance(system: OdeSystem, y, log2: int = QMC_LOG2, return_mean: bo
     ``return_mean``, also the cubature's mean of ``F`` (equal to ``system.rhs(y)`` up to the
     cubature error: a check).
     """
-    G, S, C, st = _structure(system, y)
+    args = _increment_args(system, y)
+    G, S, d = args[1], args[2], args[-1]
     L = _field_factor(G, S, system.T)
     noisy = system.dynamics.sigma > 0
     Z = _normal_points(L.shape[1] + noisy, log2)
-    r, n, d = G.shape[0], Z.shape[0], np.asarray(y).size
+    r, n = G.shape[0], Z.shape[0]
     shift = system.rhs(y)  # the exact mean: the sums below stay free of cancellation
     total, second = np.zeros(d), np.zeros((d, d))
     for lo in range(0, n, 2048):  # in chunks that stay in cache
         z = Z[lo:lo + 2048]
         f = z[:, :L.shape[1]] @ L.T
-        F = increments(system, y, f[:, :r], f[:, r:], z[:, -1] if noisy else None) - shift
+        zeta = np.ascontiguousarray(z[:, -1]) if noisy else np.zeros(len(z))
+        F = _increment_rows(np.ascontiguousarray(f[:, :r]), np.ascontiguousarray(f[:, r:]), zeta, *args) - shift
         total += F.sum(axis=0)
         second += F.T @ F
     dm = total / n
