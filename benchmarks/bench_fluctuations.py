@@ -18,6 +18,7 @@ import pstats
 import time
 
 import numpy as np
+from fluctuation_check import published_modes
 
 import onlinemdl as om
 
@@ -27,15 +28,7 @@ def full_case():
 
 
 def mode_case():
-    N, P = 30, 3
-    scale = om.model.mode_scale(N)
-    rng = np.random.default_rng(0)
-    A, lam = scale * rng.standard_normal((8, P)), scale * rng.standard_normal(P)
-    teacher = om.Teacher((A * lam) @ (scale * rng.standard_normal((N, P))).T, A=A, lam=lam,
-                         Xi=scale * rng.standard_normal((N, P)))
-    student = om.Student(A=A.copy(), lam=lam.copy(), Xi=scale * rng.standard_normal((N, P)), train=("xi",),
-                         v=teacher.vt.copy())
-    return student, teacher, 5.0
+    return (*published_modes(30), 5.0)
 
 
 def cpu(fn):

@@ -758,7 +758,7 @@ class FluctuationCheck:
         (n,), "Q" (n, K, K), "R" (n, K, M); NaN where the prediction is below ``rel_floor`` of
         its largest value (entries that hardly fluctuate).
     gap, se : replica mean of eps_g minus the ODE, and its standard error.
-    bias : the predicted gap (``eps_g_bias``); ``z = (gap - bias) / se``.
+    bias : the predicted gap (``eps_g_bias``); :attr:`z` ``= (gap - bias) / se``.
     replicas : number of replicas.
     """
 
@@ -767,8 +767,12 @@ class FluctuationCheck:
     gap: np.ndarray
     se: np.ndarray
     bias: np.ndarray
-    z: np.ndarray
     replicas: int
+
+    @property
+    def z(self) -> np.ndarray:
+        """The measured gap minus the predicted bias, in standard errors."""
+        return (self.gap - self.bias) / self.se
 
     @property
     def worst_sd(self) -> float:
@@ -807,4 +811,4 @@ def check_fluctuations(theory: Trajectory, sim: Trajectory, rel_floor: float = 1
     se = sd["eps_g"] / math.sqrt(n)
     bias = theory.eps_g_bias[ok]
     return FluctuationCheck(alpha=theory.alpha[ok], sd_ratio={k: ratio(sd[k], pred[k]) for k in sd}, gap=gap, se=se,
-                            bias=bias, z=(gap - bias) / se, replicas=n)
+                            bias=bias, replicas=n)

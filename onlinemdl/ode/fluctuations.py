@@ -34,7 +34,7 @@ from .kernels import field_averages
 from .system import OdeSystem
 
 #: log2 of the number of quasi-Monte Carlo points of :func:`noise_covariance`: 2^13 changes the predicted
-#: sd of eps_g by under 0.6% and of Q by under 2% against 2^16 (benchmarks/bench_fluctuations.py cases).
+#: sd of eps_g by under 1.6% and of Q by under 1.2% against 2^16 (benchmarks/bench_fluctuations.py cases).
 QMC_LOG2 = 13
 _SQRT2 = math.sqrt(2.0)
 _DG = math.sqrt(2.0 / math.pi)
@@ -261,7 +261,7 @@ def hessian_contraction(f_many, y, Sigma, J=None, rel_step: float | None = None,
     differences along its leading eigenvectors ``e`` (all but ``cutoff`` of its trace): central
     second differences, or, given the Jacobian ``J`` at ``y``, the one-sided
     ``2 (f(y + h e) - f(y) - h J e) / h^2`` (half the evaluations; J's own error enters divided by
-    ``h``, hence the larger default step: within 0.05% of the central form on the cases of
+    ``h``, hence the larger default step: within 0.25% of the central form on the cases of
     ``benchmarks/bench_fluctuations.py``). ``h = rel_step max(1, |y|)``, ``rel_step`` 1e-4 (central)
     or 1e-3 (one-sided) by default. ``f_many`` maps the rows of an array (:meth:`OdeSystem.rhs_many`)."""
     w, U = np.linalg.eigh((Sigma + Sigma.T) / 2)
@@ -303,13 +303,14 @@ def _forced(J, h, s):
 
 
 def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: bool = True,
-              log2: int = QMC_LOG2):
+              log2: int = QMC_LOG2, noise=None):
     """``Sigma`` and ``b`` at the ``nodes`` (increasing alpha) of an ODE solution ``ys``.
 
     ``Sigma0``, ``b0``: their initial values (default 0: runs started from the very networks
     of the ODE). Between nodes, ``J`` and ``V`` are the averages of their node values and the
     forcing ``H:Sigma/2 + f_1`` of ``b`` is the trapezoid of its node values; each step is
     exact for constant coefficients (matrix exponentials), so stiff systems need no small steps.
+    ``noise``: the node values of ``V`` when the caller has them (default: computed here).
     Returns ``(Sigma, b)`` of shapes (n, d, d) and (n, d); ``b`` is zero when ``bias`` is False.
     """
     ys = np.asarray(ys, float)
@@ -321,7 +322,7 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
 
     def node(k):
         J = system.jacobian(ys[k], order=1)
-        return J, noise_covariance(system, ys[k], log2)
+        return J, noise_covariance(system, ys[k], log2) if noise is None else noise[k]
 
     def forcing(k, J):
         if not bias:
@@ -636,8 +637,8 @@ def escape_distribution(system: OdeSystem, y0, N: int, fp=None, level: float = 0
     stop = ode_escape if np.isfinite(ode_escape) else grid[-1]
     nodes = node_grid(sol.sol, np.linspace(0.0, stop, 41), max_outputs=41)
     ys = np.array([sol.sol(t) for t in nodes])
-    Sig, bb = propagate(system, nodes, ys, N, bias=True)
     Vs = [noise_covariance(system, y) for y in ys]
+    Sig, bb = propagate(system, nodes, ys, N, bias=True, noise=Vs)
     growth = np.array([np.trace(L @ (S_ + V_ / (2 * mu)) @ L.T) for S_, V_ in zip(Sig, Vs)]) * np.exp(-2 * mu * nodes)
     k = int(np.argmax(np.where(np.cumprod(validity(ys, Sig, N, system.T)) > 0, growth, -np.inf)))
     alpha_r = float(nodes[k])
