@@ -149,12 +149,29 @@ def _normal_points(dim: int, log2: int) -> np.ndarray:
     return _POINTS[key]
 
 
-def _field_factor(G, S, T):
-    """``L`` with ``Cov((s, u)) = L L^T``, rank-reduced (eigenvalues above rounding)."""
-    cov = joint_covariance(G, S, T)
-    w, U = np.linalg.eigh(cov)
+def _rank_factor(C):
+    """``L`` with ``C = L L^T`` from the eigenvalues of ``C`` above rounding (``C`` PSD)."""
+    w, U = np.linalg.eigh(C)
     keep = w > 1e-12 * max(1.0, float(w.max()))
     return U[:, keep] * np.sqrt(w[keep])
+
+
+def _field_factor(G, S, T):
+    """``L`` with ``Cov((s, u)) = L L^T`` that varies smoothly with ``(G, S)``: the teacher's fields
+    ``u = L_T z_u`` (``T`` is fixed along a run), the student's ``s = S T^+ u + chol(G - S T^+ S^T) z_s``.
+    An eigendecomposition of the whole covariance would turn its eigenvectors from one state to
+    the next and move the cubature's error with them (a few % of ``Sigma`` from node to node)."""
+    LT = _rank_factor(T)
+    W = (S @ LT) / np.sum(LT * LT, axis=0)  # S T^+ L_T (L_T's columns are orthogonal): Cov(s, u) = W L_T^T
+    Gc = G - W @ W.T
+    r = G.shape[0]
+    try:  # rounding and a student in the teacher's span leave Gc barely PSD: a jitter far below the cubature error
+        Ls = np.linalg.cholesky(Gc + 1e-12 * max(1.0, float(np.max(np.diag(G)))) * np.eye(r))
+    except np.linalg.LinAlgError:
+        Ls = _rank_factor((Gc + Gc.T) / 2)
+    L = np.zeros((r + T.shape[0], Ls.shape[1] + LT.shape[1]))
+    L[:r, :Ls.shape[1]], L[:r, Ls.shape[1]:], L[r:, Ls.shape[1]:] = Ls, W, LT
+    return L
 
 
 def noise_covariance(system: OdeSystem, y, log2: int = QMC_LOG2, return_mean: bool = False):
