@@ -319,15 +319,24 @@ def _forced(J, h, s):
     return expm(B)[:d, d]
 
 
+def _lyap(J, V):
+    """``J V + V J^T``."""
+    JV = J @ V
+    return JV + JV.T
+
+
 def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: bool = True,
-              log2: int = QMC_LOG2, noise=None):
+              log2: int = QMC_LOG2, noise=None, jacobians=None):
     """``Sigma`` and ``b`` at the ``nodes`` (increasing alpha) of an ODE solution ``ys``.
 
     ``Sigma0``, ``b0``: their initial values (default 0: runs started from the very networks
-    of the ODE). Between nodes, ``J`` and ``V`` are the averages of their node values and the
-    forcing ``H:Sigma/2 + f_1`` of ``b`` is the trapezoid of its node values; each step is
-    exact for constant coefficients (matrix exponentials), so stiff systems need no small steps.
-    ``noise``: the node values of ``V`` when the caller has them (default: computed here).
+    of the ODE). Each step takes ``J``, ``V`` and the forcing ``s = H:Sigma/2 + f_1`` of ``b`` as
+    linear between their node values, to second order in the Magnus expansion: the averages plus
+    ``h/12`` times the commutators of the end values, ``[J_1, J_0]``, ``L_1 V_0 - L_0 V_1`` (``L X =
+    J X + X J^T``) and ``J_1 s_0 - J_0 s_1``. It is exact for constant coefficients (matrix
+    exponentials), so stiff systems need no small steps.
+    ``noise``, ``jacobians``: the node values of ``V`` and ``J`` when the caller has them (default:
+    computed here).
     Returns ``(Sigma, b)`` of shapes (n, d, d) and (n, d); ``b`` is zero when ``bias`` is False.
     """
     ys = np.asarray(ys, float)
@@ -338,7 +347,7 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     bb[0] = 0 if b0 is None else b0
 
     def node(k):
-        J = system.jacobian(ys[k], order=1)
+        J = system.jacobian(ys[k], order=1) if jacobians is None else jacobians[k]
         return J, noise_covariance(system, ys[k], log2) if noise is None else noise[k]
 
     def forcing(k, J):
@@ -353,12 +362,14 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     s0 = forcing(0, J0)
     for k in range(n - 1):
         J1, V1 = node(k + 1)
-        Jm, h = 0.5 * (J0 + J1), nodes[k + 1] - nodes[k]
-        Phi, Qh = _step(Jm, 0.5 * (V0 + V1), h)
+        h = nodes[k + 1] - nodes[k]
+        Jm = 0.5 * (J0 + J1) + h / 12 * (J1 @ J0 - J0 @ J1)  # eq. (P1)
+        Vm = 0.5 * (V0 + V1) + h / 12 * (_lyap(J1, V0) - _lyap(J0, V1))
+        Phi, Qh = _step(Jm, Vm, h)
         Sig[k + 1] = Phi @ Sig[k] @ Phi.T + Qh
         if bias:
             s1 = forcing(k + 1, J1)
-            bb[k + 1] = Phi @ bb[k] + _forced(Jm, h, 0.5 * (s0 + s1))
+            bb[k + 1] = Phi @ bb[k] + _forced(Jm, h, 0.5 * (s0 + s1) + h / 12 * (J1 @ s0 - J0 @ s1))
             s0 = s1
         J0, V0 = J1, V1
     return Sig, bb
@@ -484,13 +495,15 @@ def initial_covariance(system: OdeSystem, y0, N: int, scale2: float) -> np.ndarr
 
 
 def node_grid(sol, alpha, per_decade: int = 10, dy_tol: float = 0.02, max_depth: int = 6,
-              max_outputs: int = 40) -> np.ndarray:
+              max_outputs: int = 40, noise_scale=None, noise_tol: float = 0.2) -> np.ndarray:
     """Nodes of :func:`propagate` for the output times ``alpha`` of the ODE solution ``sol`` (dense).
 
     ``per_decade`` log-spaced times from the first positive output (or ``alpha_max / 100``) to
     the last, the first and the last output, all outputs when there are at most
     ``max_outputs``, and points inserted by bisection (up to ``max_depth`` times) wherever the
-    state moves by more than ``dy_tol`` x its scale between two nodes.
+    state moves by more than ``dy_tol`` x its scale between two nodes or, given ``noise_scale`` (a map
+    of states (n, d) to the size of the noise, :func:`noise_scale`), wherever it changes by more
+    than the factor ``e^noise_tol``: ``V`` enters each step as the average of its end values.
     """
     alpha = np.asarray(alpha, float)
     a0, a1 = alpha[0], alpha[-1]
@@ -505,12 +518,45 @@ def node_grid(sol, alpha, per_decade: int = 10, dy_tol: float = 0.02, max_depth:
         stack = [(a, b, 0)]
         while stack:
             lo_, hi, depth = stack.pop()
-            if depth < max_depth and np.max(np.abs(sol(hi) - sol(lo_))) > dy_tol * scale:
+            y_lo, y_hi = sol(lo_), sol(hi)
+            moves = np.max(np.abs(y_hi - y_lo)) > dy_tol * scale
+            if not moves and noise_scale is not None:
+                n_lo, n_hi = noise_scale(np.array([y_lo, y_hi]))
+                moves = min(n_lo, n_hi) > 0 and abs(math.log(n_hi / n_lo)) > noise_tol
+            if depth < max_depth and moves:
                 mid = 0.5 * (lo_ + hi)
                 stack += [(mid, hi, depth + 1), (lo_, mid, depth + 1)]
             else:
                 nodes.append(hi)
     return np.array(nodes)
+
+
+def refine_by_jacobian(system: OdeSystem, sol, nodes, jac_tol: float, y0=None, max_depth: int = 6):
+    """``nodes`` with midpoints inserted (up to ``max_depth`` times) wherever the Magnus term of a step,
+    ``h^2 ||[J(y_k+1), J(y_k)]||_F / 12``, exceeds ``jac_tol``: beyond it the step's Jacobian is not
+    linear enough in alpha, and slow directions accumulate the error (theory/finite_size.md §4).
+    Returns the nodes, the states ``sol(nodes)`` (``y0`` at the first) and the Jacobians there."""
+    nodes = list(np.asarray(nodes, float))
+    ys = [np.asarray(y0, float) if y0 is not None else sol(nodes[0])] + [sol(a) for a in nodes[1:]]
+    Js = [system.jacobian(y, order=1) for y in ys]
+    depth = [0] * len(nodes)
+    k = 0
+    while k < len(nodes) - 1:
+        h = nodes[k + 1] - nodes[k]
+        if max(depth[k], depth[k + 1]) < max_depth and h * h / 12 * np.linalg.norm(Js[k + 1] @ Js[k] - Js[k] @ Js[k + 1]) > jac_tol:
+            mid = 0.5 * (nodes[k] + nodes[k + 1])
+            y = sol(mid)
+            depth.insert(k + 1, max(depth[k], depth[k + 1]) + 1)
+            nodes.insert(k + 1, mid), ys.insert(k + 1, y), Js.insert(k + 1, system.jacobian(y, order=1))
+        else:
+            k += 1
+    return np.array(nodes), np.array(ys), Js
+
+
+def noise_scale(system: OdeSystem, Y) -> np.ndarray:
+    """``2 eps_g + sigma^2 = E[err^2]`` of the states Y (n, d): the scale of ``V``, which changes
+    along a converging run by far more than the state itself (theory/finite_size.md §4)."""
+    return 2 * _observables(system, Y)[0] + system.dynamics.sigma ** 2
 
 
 def _interpolate(nodes, values, alpha, geometric: bool = False):
@@ -530,13 +576,15 @@ def _interpolate(nodes, values, alpha, geometric: bool = False):
 
 def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bool = True, rtol: float = 1e-8,
             atol: float = 1e-10, log2: int = QMC_LOG2, dy_tol: float = 0.02, tol: float = 0.1,
-            per_decade: int = 10) -> dict:
+            per_decade: int = 10, noise_tol: float | None = 0.2, jac_tol: float = 1e-4) -> dict:
     """The finite-N predictions at the output times ``alpha`` (starting at the initial state).
 
     Returns a dict: ``cov`` (n, d, d) = ``Sigma / N``, the covariance of the state vector across
     runs; ``bias`` (n, d) = ``b / N``; ``eps_g_sd``, ``eps_g_bias`` (n,); ``Q_sd``, ``Q_bias``
     (n, K, K), ``R_sd``, ``R_bias`` (n, K, M); ``valid_until``: the first output time where
     :func:`validity` fails (inf when it never does); ``nodes``: the propagation's nodes.
+    The nodes: :func:`node_grid` (``per_decade``, ``dy_tol``, ``noise_tol``; None: no refinement by the
+    noise), then :func:`refine_by_jacobian` (``jac_tol``).
     """
     from scipy.integrate import solve_ivp
 
@@ -545,10 +593,10 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
     if alpha[-1] > alpha[0]:
         sol = solve_ivp(lambda t, y: system.rhs(y), (alpha[0], alpha[-1]), y0, method="LSODA", rtol=rtol, atol=atol,
                         dense_output=True, jac=lambda t, y: system.jacobian(y, order=1))
-        nodes = node_grid(sol.sol, alpha, per_decade, dy_tol)
-        ys = np.array([sol.sol(a) for a in nodes])
-        ys[0] = y0
-        Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2)
+        scale = None if noise_tol is None else (lambda Y: noise_scale(system, Y))
+        nodes = node_grid(sol.sol, alpha, per_decade, dy_tol, noise_scale=scale, noise_tol=noise_tol or 0.0)
+        nodes, ys, Js = refine_by_jacobian(system, sol.sol, nodes, jac_tol, y0=y0)
+        Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2, jacobians=Js)
     else:
         nodes, ys = alpha[:1], y0[None]
         Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2)
