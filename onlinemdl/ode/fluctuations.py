@@ -63,9 +63,11 @@ def increments(system: OdeSystem, y, s, u, zeta=None) -> np.ndarray:
     ``eta^2`` term carries ``1/b`` (one sample of a batch of ``b``); its ``|x|^2 / N`` is 1
     (its fluctuation is O(N^-1/2)). Returns (n, d), d the state size; mean = ``system.rhs(y)``.
     """
-    s, u = np.ascontiguousarray(s, float), np.ascontiguousarray(u, float)
-    zeta = np.zeros(len(s)) if zeta is None else np.ascontiguousarray(zeta, float)
-    return _increment_rows(s, u, zeta, *_increment_args(system, y))
+    s, u = np.atleast_2d(np.asarray(s, float)), np.atleast_2d(np.asarray(u, float))
+    X = np.ascontiguousarray(np.hstack((s, u) if zeta is None else (s, u, np.asarray(zeta, float)[:, None])))
+    noisy = zeta is not None
+    L = np.eye(X.shape[1] - noisy)
+    return _increment_rows(X, L, noisy, np.zeros(np.asarray(y).size), *_increment_args(system, y))
 
 
 def _increment_args(system: OdeSystem, y) -> tuple:
@@ -80,22 +82,29 @@ def _increment_args(system: OdeSystem, y) -> tuple:
 
 
 @njit(cache=True)
-def _increment_rows(s, u, zeta, C, G, S, v, vt, A, lam, rates, flags, modes, d):
-    """Rows of :func:`increments` (theory/finite_size.md eq. of F^(1)), one per field sample."""
-    n, r = s.shape
-    K, M = C.shape[0], u.shape[1]
+def _increment_rows(X, L, noisy, shift, C, G, S, v, vt, A, lam, rates, flags, modes, d):
+    """Rows of :func:`increments` minus ``shift`` (theory/finite_size.md eq. of F^(1)), one per row
+    of ``X``: the fields are ``(s, u) = L X[t, :k]`` (``k`` = columns of ``L``), the label-noise
+    variate ``X[t, -1]`` when ``noisy``."""
+    n, k = X.shape[0], L.shape[1]
+    r, K, M = G.shape[0], C.shape[0], vt.size
     eta, inv_b, kappa, sigma = rates[ETA], rates[INV_BATCH], rates[DECAY], rates[SIGMA]
     act = flags[ACT]
     F = np.zeros((n, d))
-    h, gh, delta, dd = np.empty(K), np.empty(K), np.empty(K), np.empty(r)
+    f, h, gh, delta, dd = np.empty(r + M), np.empty(K), np.empty(K), np.empty(K), np.empty(r)
     for t in range(n):
-        err = -sigma * zeta[t]
+        for a in range(r + M):  # f = (s, u)
+            acc = 0.0
+            for j in range(k):
+                acc += L[a, j] * X[t, j]
+            f[a] = acc
+        err = -sigma * X[t, k] if noisy else 0.0
         for m in range(M):
-            err -= vt[m] * g(u[t, m], act)
+            err -= vt[m] * g(f[r + m], act)
         for i in range(K):
             acc = 0.0
             for a in range(r):
-                acc += C[i, a] * s[t, a]
+                acc += C[i, a] * f[a]
             h[i] = acc
             gh[i] = g(acc, act)
             err += v[i] * gh[i]
@@ -110,12 +119,12 @@ def _increment_rows(s, u, zeta, C, G, S, v, vt, A, lam, rates, flags, modes, d):
         if flags[TRAIN_N]:
             for a in range(r):  # G block, upper triangle
                 for b in range(a, r):
-                    F[t, off] = (-eta * (dd[a] * s[t, b] + s[t, a] * dd[b]) + eta * eta * inv_b * dd[a] * dd[b]
+                    F[t, off] = (-eta * (dd[a] * f[b] + f[a] * dd[b]) + eta * eta * inv_b * dd[a] * dd[b]
                                  - 2.0 * eta * kappa * G[a, b])
                     off += 1
             for a in range(r):  # S block
                 for m in range(M):
-                    F[t, off] = -eta * dd[a] * u[t, m] - eta * kappa * S[a, m]
+                    F[t, off] = -eta * dd[a] * f[r + m] - eta * kappa * S[a, m]
                     off += 1
         else:
             off += r * (r + 1) // 2 + r * M
@@ -124,17 +133,19 @@ def _increment_rows(s, u, zeta, C, G, S, v, vt, A, lam, rates, flags, modes, d):
                 acc = 0.0
                 for i in range(K):
                     acc += A[i, mu] * delta[i]
-                F[t, off] = -rates[ETA_LAM] * acc * s[t, mu]
+                F[t, off] = -rates[ETA_LAM] * acc * f[mu]
                 off += 1
         if modes and flags[TRAIN_A]:
             for i in range(K):
                 for mu in range(r):
-                    F[t, off] = -rates[ETA_A] * lam[mu] * delta[i] * s[t, mu]
+                    F[t, off] = -rates[ETA_A] * lam[mu] * delta[i] * f[mu]
                     off += 1
         if flags[TRAIN_V]:
             for i in range(K):
                 F[t, off] = -rates[ETA_V] * err * gh[i]
                 off += 1
+        for j in range(d):
+            F[t, j] -= shift[j]
     return F
 
 
@@ -178,27 +189,25 @@ def noise_covariance(system: OdeSystem, y, log2: int = QMC_LOG2, return_mean: bo
     """``V(y)``: N^2 x the covariance of one SGD step's change of the state vector.
 
     ``V = Cov(F) / b`` with ``F`` = :func:`increments` of one sample, averaged over the Gaussian
-    fields by randomised quasi-Monte Carlo (``2^log2`` scrambled Sobol points in the rank of the
-    field covariance, plus one dimension for the label noise; default :data:`QMC_LOG2`). Fluctuations of ``|x|^2 / N`` and
-    of the cross products of a batch enter at O(N^-1/2) and are left out. With
+    fields by randomised quasi-Monte Carlo (``2^log2`` scrambled Sobol points, default
+    :data:`QMC_LOG2`, in ``r + rank(T)`` dimensions mapped to the fields by :func:`_field_factor`,
+    plus one for the label noise). Fluctuations of ``|x|^2 / N`` and of the cross products of a
+    batch enter at O(N^-1/2) and are left out. With
     ``return_mean``, also the cubature's mean of ``F`` (equal to ``system.rhs(y)`` up to the
     cubature error: a check).
     """
     args = _increment_args(system, y)
-    G, S, d = args[1], args[2], args[-1]
+    G, S = args[1], args[2]
     L = _field_factor(G, S, system.T)
     noisy = system.dynamics.sigma > 0
     Z = _normal_points(L.shape[1] + noisy, log2)
-    r, n = G.shape[0], Z.shape[0]
+    n = Z.shape[0]
     shift = system.rhs(y)  # the exact mean: the sums below stay free of cancellation
-    total, second = np.zeros(d), np.zeros((d, d))
+    total, second = 0.0, 0.0
     for lo in range(0, n, 2048):  # in chunks that stay in cache
-        z = Z[lo:lo + 2048]
-        f = z[:, :L.shape[1]] @ L.T
-        zeta = np.ascontiguousarray(z[:, -1]) if noisy else np.zeros(len(z))
-        F = _increment_rows(np.ascontiguousarray(f[:, :r]), np.ascontiguousarray(f[:, r:]), zeta, *args) - shift
-        total += F.sum(axis=0)
-        second += F.T @ F
+        F = _increment_rows(Z[lo:lo + 2048], L, noisy, shift, *args)
+        total = total + F.sum(axis=0)
+        second = second + F.T @ F
     dm = total / n
     V = (second / n - np.outer(dm, dm)) / system.dynamics.batch
     mean = shift + dm
@@ -297,32 +306,38 @@ def hessian_contraction(f_many, y, Sigma, J=None, rel_step: float | None = None,
 # --------------------------------------------------------------------------------------
 # Propagation along the ODE
 # --------------------------------------------------------------------------------------
-def _step(J, V, h):
-    """``Phi = e^{hJ}`` and ``Qh = int_0^h e^{tJ} V e^{tJ^T} dt`` (Van Loan's block exponential)."""
-    d = J.shape[0]
-    Phi = expm(J * h)
-    scale = float(np.abs(V).max())
-    if scale == 0.0:
-        return Phi, np.zeros((d, d))
-    c = max(float(np.abs(J).max()), 1.0 / h) / scale  # V scaled to J's size: fewer squarings in expm
-    Bv = np.zeros((2 * d, 2 * d))
-    Bv[:d, :d], Bv[:d, d:], Bv[d:, d:] = -J, c * V, J.T
-    Qh = Phi @ expm(Bv * h)[:d, d:] / c
-    return Phi, (Qh + Qh.T) / 2
-
-
-def _forced(J, h, s):
-    """``int_0^h e^{tJ} s dt``: the top right column of ``exp(h [[J, s], [0, 0]])``."""
-    d = J.shape[0]
-    B = np.zeros((d + 1, d + 1))
-    B[:d, :d], B[:d, d] = J * h, s * h
-    return expm(B)[:d, d]
-
-
 def _lyap(J, V):
     """``J V + V J^T``."""
     JV = J @ V
     return JV + JV.T
+
+
+def _step(J0, J1, V0, V1, h):
+    """One step of :func:`propagate` over ``h`` for ``Sigma``: ``J`` and ``V`` linear between their end
+    values, to second order in the Magnus expansion (theory/finite_size.md eq. P1). Returns ``Phi``,
+    ``Qh`` (``Sigma_1 = Phi Sigma_0 Phi^T + Qh``) and the step's ``J``; with the step's ``J``, ``V``:
+    ``Phi = e^{hJ}``, ``Qh = int_0^h e^{tJ} V e^{tJ^T} dt``, both from the exponential of
+    ``h [[-J, c V], [0, J^T]]`` (Van Loan; ``c`` scales ``V`` to ``J``'s size: fewer squarings)."""
+    d = J0.shape[0]
+    J = 0.5 * (J0 + J1) + h / 12 * (J1 @ J0 - J0 @ J1)
+    V = 0.5 * (V0 + V1) + h / 12 * (_lyap(J1, V0) - _lyap(J0, V1))
+    c = max(float(np.abs(J).max()), 1.0 / h) / max(float(np.abs(V).max()), 1e-300)
+    B = np.zeros((2 * d, 2 * d))
+    B[:d, :d], B[:d, d:], B[d:, d:] = -J, c * V, J.T
+    E = expm(B * h)
+    Phi = np.ascontiguousarray(E[d:, d:].T)
+    Qh = Phi @ E[:d, d:] / c
+    return Phi, (Qh + Qh.T) / 2, J
+
+
+def _forced(J, J0, J1, s0, s1, h):
+    """``int_0^h e^{tJ} s dt`` for the step's ``J`` (:func:`_step`) and the bias forcing ``s`` linear
+    between ``s0`` and ``s1`` (Magnus term ``h/12 (J1 s0 - J0 s1)``, eq. P1): the top right column of
+    ``exp(h [[J, s], [0, 0]])``."""
+    d = J.shape[0]
+    B = np.zeros((d + 1, d + 1))
+    B[:d, :d], B[:d, d] = J * h, (0.5 * (s0 + s1) + h / 12 * (J1 @ s0 - J0 @ s1)) * h
+    return expm(B)[:d, d]
 
 
 def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: bool = True,
@@ -351,25 +366,21 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
         return J, noise_covariance(system, ys[k], log2) if noise is None else noise[k]
 
     def forcing(k, J):
-        if not bias:
-            return np.zeros(d)
         force = finite_n_drift(system, ys[k], J)
         if np.any(Sig[k]):
             force = force + 0.5 * hessian_contraction(system.rhs_many, ys[k], Sig[k], J)
         return force
 
     J0, V0 = node(0)
-    s0 = forcing(0, J0)
+    s0 = forcing(0, J0) if bias else None
     for k in range(n - 1):
         J1, V1 = node(k + 1)
         h = nodes[k + 1] - nodes[k]
-        Jm = 0.5 * (J0 + J1) + h / 12 * (J1 @ J0 - J0 @ J1)  # eq. (P1)
-        Vm = 0.5 * (V0 + V1) + h / 12 * (_lyap(J1, V0) - _lyap(J0, V1))
-        Phi, Qh = _step(Jm, Vm, h)
+        Phi, Qh, J = _step(J0, J1, V0, V1, h)
         Sig[k + 1] = Phi @ Sig[k] @ Phi.T + Qh
-        if bias:
+        if bias:  # the forcing at k + 1 needs Sigma there
             s1 = forcing(k + 1, J1)
-            bb[k + 1] = Phi @ bb[k] + _forced(Jm, h, 0.5 * (s0 + s1) + h / 12 * (J1 @ s0 - J0 @ s1))
+            bb[k + 1] = Phi @ bb[k] + _forced(J, J0, J1, s0, s1, h)
             s0 = s1
         J0, V0 = J1, V1
     return Sig, bb
@@ -428,38 +439,44 @@ def _observables(system: OdeSystem, Y):
     return e, np.concatenate((Q.reshape(len(Q), -1), R.reshape(len(R), -1)), axis=1)
 
 
-def eps_g_moments(system: OdeSystem, y, Sigma, b, N: int, rel_step: float = 1e-5):
-    """Predicted moments across runs at one time: ``(eps_sd, eps_bias, qr_sd, qr_bias)``.
+def eps_g_moments(system: OdeSystem, ys, Sigmas, bs, N: int, rel_step: float = 1e-5):
+    """Predicted moments across runs at the states ``ys`` (n, d) with ``Sigmas`` (n, d, d) and
+    ``bs`` (n, d): ``(eps_sd, eps_bias, qr_sd, qr_bias)`` of shapes (n,), (n,), (n, nq), (n, nq).
 
     ``eps_sd = sqrt(grad e . Sigma grad e / N)``, ``eps_bias = (grad e . b + tr(Hess e Sigma)/2) / N``
-    for ``e`` = eps_g of the state (label noise excluded); the same for the entries of ``Q`` and
-    ``R`` (flattened, ``Q`` first; linear in the state except for trained ``A``, ``lam``).
+    for ``e`` = eps_g of the state (label noise excluded); the same for the ``nq`` entries of ``Q``
+    and ``R`` (flattened, ``Q`` first; linear in the state except for trained ``A``, ``lam``).
+    Gradients by central differences (step ``rel_step`` x the state's scale), the Hessian terms
+    along the leading eigenvectors of ``Sigma``; all states' evaluations in one batch.
     """
-    y = np.asarray(y, float)
-    d = y.size
-    scale = max(1.0, float(np.max(np.abs(y))))
-    h = rel_step * scale
-    E = np.eye(d) * h
-    e_p, qr_p = _observables(system, y + E)
-    e_m, qr_m = _observables(system, y - E)
-    e0, qr0 = _observables(system, y[None])
-    ge = (e_p - e_m) / (2 * h)
-    gqr = (qr_p - qr_m).T / (2 * h)  # (nq, d)
-    eps_sd = math.sqrt(max(ge @ Sigma @ ge, 0.0) / N)
-    qr_sd = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", gqr, Sigma, gqr), 0.0) / N)
-    # second-order terms along the eigenvectors of Sigma
-    w, U = np.linalg.eigh((Sigma + Sigma.T) / 2)
-    keep = _leading(w, 1e-6)
-    he, hqr = 0.0, np.zeros(qr0.shape[1])
-    if keep.any():
-        hh = 1e-3 * scale
-        P = (U[:, keep] * hh).T
-        ep, qp = _observables(system, y + P)
-        em, qm = _observables(system, y - P)
-        he = float(np.sum(w[keep] * (ep + em - 2 * e0[0]) / hh**2))
-        hqr = np.sum(w[keep][:, None] * (qp + qm - 2 * qr0[0]) / hh**2, axis=0)
-    eps_bias = (ge @ b + 0.5 * he) / N
-    qr_bias = (gqr @ b + 0.5 * hqr) / N
+    ys = np.atleast_2d(np.asarray(ys, float))
+    n, d = ys.shape
+    scale = np.maximum(1.0, np.max(np.abs(ys), axis=1))
+    h, hh = rel_step * scale, 1e-3 * scale
+    rows, parts = [], []
+    for y, S_, hk, hhk in zip(ys, Sigmas, h, hh):  # per state: y, y +- h e_j, y +- hh u_i (u: eigenvectors)
+        w, U = np.linalg.eigh((S_ + S_.T) / 2)
+        keep = _leading(w, 1e-6)
+        P = (U[:, keep] * hhk).T
+        E = np.eye(d) * hk
+        rows.append(np.concatenate((y[None], y + E, y - E, y + P, y - P)))
+        parts.append(w[keep])
+    e_all, qr_all = _observables(system, np.concatenate(rows))
+    nq = qr_all.shape[1]
+    eps_sd, eps_bias, qr_sd, qr_bias = np.zeros(n), np.zeros(n), np.zeros((n, nq)), np.zeros((n, nq))
+    lo = 0
+    for k, (w, S_, b) in enumerate(zip(parts, Sigmas, bs)):
+        m = w.size
+        e, qr = e_all[lo:lo + 1 + 2 * d + 2 * m], qr_all[lo:lo + 1 + 2 * d + 2 * m]
+        lo += 1 + 2 * d + 2 * m
+        ge = (e[1:d + 1] - e[d + 1:2 * d + 1]) / (2 * h[k])
+        gqr = (qr[1:d + 1] - qr[d + 1:2 * d + 1]).T / (2 * h[k])  # (nq, d)
+        he = np.sum(w * (e[2 * d + 1:2 * d + 1 + m] + e[2 * d + 1 + m:] - 2 * e[0])) / hh[k] ** 2
+        hqr = w @ (qr[2 * d + 1:2 * d + 1 + m] + qr[2 * d + 1 + m:] - 2 * qr[0]) / hh[k] ** 2
+        eps_sd[k] = math.sqrt(max(ge @ S_ @ ge, 0.0) / N)
+        qr_sd[k] = np.sqrt(np.maximum(np.sum((gqr @ S_) * gqr, axis=1), 0.0) / N)
+        eps_bias[k] = (ge @ b + 0.5 * he) / N
+        qr_bias[k] = (gqr @ b + 0.5 * hqr) / N
     return eps_sd, eps_bias, qr_sd, qr_bias
 
 
@@ -603,9 +620,8 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
     bad = np.nonzero(~validity(ys, Sig, N, system.T, tol))[0]
     valid_until = float(nodes[bad[0]]) if bad.size else math.inf
     K, M = system.K, system.M
-    mom = [eps_g_moments(system, y, S_, b_, N) for y, S_, b_ in zip(ys, Sig, bb)]
-    var = np.array([m[0] ** 2 for m in mom]), np.array([m[2] ** 2 for m in mom])
-    shift = np.array([m[1] for m in mom]), np.array([m[3] for m in mom])
+    eps_sd, eps_bias, qr_sd, qr_bias = eps_g_moments(system, ys, Sig, bb, N)
+    var, shift = (eps_sd ** 2, qr_sd ** 2), (eps_bias, qr_bias)
     if nodes.size > 1:  # outputs between nodes: the state's moments linear, the observables' log-linear
         Sig, bb = _interpolate(nodes, Sig, alpha), _interpolate(nodes, bb, alpha)
         var = tuple(_interpolate(nodes, x, alpha, geometric=True) for x in var)
