@@ -125,6 +125,66 @@ def test_finite_n_drift_matches_exact_step(case):
     np.testing.assert_array_equal(f1[iu[0].size:], 0.0)
 
 
+def test_field_factor_reproduces_a_rank_deficient_field_covariance():
+    rng = np.random.default_rng(2)
+    B = rng.standard_normal((5, 2))  # a teacher of rank 2 (a mode teacher)
+    Wt, Ws = rng.standard_normal((3, 2)), rng.standard_normal((3, 3))
+    G, S, T = Wt @ Wt.T + Ws @ Ws.T, Wt @ B.T, B @ B.T
+    L = fl._field_factor(G, S, T)
+    assert L.shape[1] == 3 + 2
+    np.testing.assert_allclose(L @ L.T, np.block([[G, S], [S.T, T]]), atol=1e-10)
+
+
+def test_noise_covariance_is_smooth_in_the_state():
+    """Near the symmetric plateau (T = I: the field covariance has degenerate eigenvalues) a change
+    of the state by 1e-7 moves V by O(1e-7); a factor from the eigenvectors of the whole covariance
+    turned them and moved V by its cubature error (5e-3 here), which Sigma then took up node by node."""
+    K = 3
+    state = dict(Q=0.01 * np.eye(K) + 0.001, R=np.full((K, K), 0.002), v=np.ones(K))
+    system = OdeSystem.from_state(state, T=np.eye(K), vt=np.ones(K), eta=1.0)
+    y = system.pack(state)
+    V = fl.noise_covariance(system, y)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        dV = fl.noise_covariance(system, y + 1e-7 * rng.standard_normal(y.size)) - V
+        assert np.abs(dV).max() < 1e-4 * np.abs(V).max()
+
+
+def _classic_solution(K=2, alpha_max=60.0):
+    student, teacher = om.Student.full(1000, K, seed=2), om.Teacher.random(1000, K, seed=1)
+    system, state = OdeSystem.from_networks(student, teacher, eta=1.0)
+    y0 = system.pack(state)
+    sol = solve_ivp(lambda t, y: system.rhs(y), (0, alpha_max), y0, method="LSODA", rtol=1e-9, atol=1e-11,
+                    dense_output=True)
+    return system, y0, sol.sol
+
+
+def test_nodes_are_refined_where_the_magnus_term_is_large():
+    system, y0, sol = _classic_solution()
+    nodes = fl.node_grid(sol, np.linspace(0, 60, 121))
+    refined, ys, Js = fl.refine_by_jacobian(system, sol, nodes, 1e-5, y0=y0)
+    assert set(nodes) <= set(refined) and refined.size > nodes.size
+    np.testing.assert_array_equal(ys[0], y0)
+    np.testing.assert_allclose(ys[7], sol(refined[7]))
+    np.testing.assert_allclose(Js[7], system.jacobian(ys[7], order=1))
+    h = np.diff(refined)
+    magnus = [h[k] ** 2 / 12 * np.linalg.norm(Js[k + 1] @ Js[k] - Js[k] @ Js[k + 1]) for k in range(h.size)]
+    assert max(magnus) <= 1e-5
+
+
+def test_default_nodes_agree_with_a_dense_grid():
+    """The predictions on the default nodes against 4x and more denser ones (a converging K = M = 2 run)."""
+    system, y0, _ = _classic_solution()
+    alpha = np.linspace(0, 60, 121)
+    P = fl.predict(system, y0, alpha, 1000)
+    dense = fl.predict(system, y0, alpha, 1000, per_decade=40, jac_tol=1e-6)
+    assert dense["nodes"].size > 3 * P["nodes"].size
+    np.testing.assert_allclose(P["eps_g_sd"][1:], dense["eps_g_sd"][1:], rtol=0.02)
+    np.testing.assert_allclose(P["Q_sd"][1:], dense["Q_sd"][1:], rtol=0.02)
+    np.testing.assert_allclose(P["eps_g_bias"][1:], dense["eps_g_bias"][1:], rtol=0.05,
+                               atol=0.02 * np.abs(dense["eps_g_bias"]).max())
+
+
 def test_propagation_step_matches_direct_integration():
     rng = np.random.default_rng(3)
     d = 5

@@ -512,15 +512,13 @@ def initial_covariance(system: OdeSystem, y0, N: int, scale2: float) -> np.ndarr
 
 
 def node_grid(sol, alpha, per_decade: int = 10, dy_tol: float = 0.02, max_depth: int = 6,
-              max_outputs: int = 40, noise_scale=None, noise_tol: float = 0.2) -> np.ndarray:
+              max_outputs: int = 40) -> np.ndarray:
     """Nodes of :func:`propagate` for the output times ``alpha`` of the ODE solution ``sol`` (dense).
 
     ``per_decade`` log-spaced times from the first positive output (or ``alpha_max / 100``) to
     the last, the first and the last output, all outputs when there are at most
     ``max_outputs``, and points inserted by bisection (up to ``max_depth`` times) wherever the
-    state moves by more than ``dy_tol`` x its scale between two nodes or, given ``noise_scale`` (a map
-    of states (n, d) to the size of the noise, :func:`noise_scale`), wherever it changes by more
-    than the factor ``e^noise_tol``: ``V`` enters each step as the average of its end values.
+    state moves by more than ``dy_tol`` x its scale between two nodes.
     """
     alpha = np.asarray(alpha, float)
     a0, a1 = alpha[0], alpha[-1]
@@ -535,12 +533,7 @@ def node_grid(sol, alpha, per_decade: int = 10, dy_tol: float = 0.02, max_depth:
         stack = [(a, b, 0)]
         while stack:
             lo_, hi, depth = stack.pop()
-            y_lo, y_hi = sol(lo_), sol(hi)
-            moves = np.max(np.abs(y_hi - y_lo)) > dy_tol * scale
-            if not moves and noise_scale is not None:
-                n_lo, n_hi = noise_scale(np.array([y_lo, y_hi]))
-                moves = min(n_lo, n_hi) > 0 and abs(math.log(n_hi / n_lo)) > noise_tol
-            if depth < max_depth and moves:
+            if depth < max_depth and np.max(np.abs(sol(hi) - sol(lo_))) > dy_tol * scale:
                 mid = 0.5 * (lo_ + hi)
                 stack += [(mid, hi, depth + 1), (lo_, mid, depth + 1)]
             else:
@@ -570,12 +563,6 @@ def refine_by_jacobian(system: OdeSystem, sol, nodes, jac_tol: float, y0=None, m
     return np.array(nodes), np.array(ys), Js
 
 
-def noise_scale(system: OdeSystem, Y) -> np.ndarray:
-    """``2 eps_g + sigma^2 = E[err^2]`` of the states Y (n, d): the scale of ``V``, which changes
-    along a converging run by far more than the state itself (theory/finite_size.md §4)."""
-    return 2 * _observables(system, Y)[0] + system.dynamics.sigma ** 2
-
-
 def _interpolate(nodes, values, alpha, geometric: bool = False):
     """Interpolation of ``values`` (n_nodes, ...) to the times ``alpha``: piecewise linear, or with
     ``geometric`` log-linear in ``|value|`` between nodes of the same strict sign (exact for the
@@ -593,15 +580,14 @@ def _interpolate(nodes, values, alpha, geometric: bool = False):
 
 def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bool = True, rtol: float = 1e-8,
             atol: float = 1e-10, log2: int = QMC_LOG2, dy_tol: float = 0.02, tol: float = 0.1,
-            per_decade: int = 10, noise_tol: float | None = 0.2, jac_tol: float = 1e-4) -> dict:
+            per_decade: int = 10, jac_tol: float = 1e-4) -> dict:
     """The finite-N predictions at the output times ``alpha`` (starting at the initial state).
 
     Returns a dict: ``cov`` (n, d, d) = ``Sigma / N``, the covariance of the state vector across
     runs; ``bias`` (n, d) = ``b / N``; ``eps_g_sd``, ``eps_g_bias`` (n,); ``Q_sd``, ``Q_bias``
     (n, K, K), ``R_sd``, ``R_bias`` (n, K, M); ``valid_until``: the first output time where
     :func:`validity` fails (inf when it never does); ``nodes``: the propagation's nodes.
-    The nodes: :func:`node_grid` (``per_decade``, ``dy_tol``, ``noise_tol``; None: no refinement by the
-    noise), then :func:`refine_by_jacobian` (``jac_tol``).
+    The nodes: :func:`node_grid` (``per_decade``, ``dy_tol``), then :func:`refine_by_jacobian` (``jac_tol``).
     """
     from scipy.integrate import solve_ivp
 
@@ -610,8 +596,7 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
     if alpha[-1] > alpha[0]:
         sol = solve_ivp(lambda t, y: system.rhs(y), (alpha[0], alpha[-1]), y0, method="LSODA", rtol=rtol, atol=atol,
                         dense_output=True, jac=lambda t, y: system.jacobian(y, order=1))
-        scale = None if noise_tol is None else (lambda Y: noise_scale(system, Y))
-        nodes = node_grid(sol.sol, alpha, per_decade, dy_tol, noise_scale=scale, noise_tol=noise_tol or 0.0)
+        nodes = node_grid(sol.sol, alpha, per_decade, dy_tol)
         nodes, ys, Js = refine_by_jacobian(system, sol.sol, nodes, jac_tol, y0=y0)
         Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2, jacobians=Js)
     else:
