@@ -553,7 +553,8 @@ def refine_by_jacobian(system: OdeSystem, sol, nodes, jac_tol: float, y0=None, m
     k = 0
     while k < len(nodes) - 1:
         h = nodes[k + 1] - nodes[k]
-        if max(depth[k], depth[k + 1]) < max_depth and h * h / 12 * np.linalg.norm(Js[k + 1] @ Js[k] - Js[k] @ Js[k + 1]) > jac_tol:
+        magnus = h * h / 12 * np.linalg.norm(Js[k + 1] @ Js[k] - Js[k] @ Js[k + 1])  # eq. P1
+        if max(depth[k], depth[k + 1]) < max_depth and magnus > jac_tol:
             mid = 0.5 * (nodes[k] + nodes[k + 1])
             y = sol(mid)
             depth.insert(k + 1, max(depth[k], depth[k + 1]) + 1)
