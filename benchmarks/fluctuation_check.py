@@ -4,8 +4,9 @@ deviations of eps_g, Q and R across replicas, and the predicted bias of eps_g ag
 (:func:`onlinemdl.analysis.check_fluctuations`). Prints one Markdown row per case
 (theory/finite_size.md section 8).
 
-Run: python benchmarks/fluctuation_check.py [--quick] [--threads 2]
-(about 10 CPU minutes; --quick: N <= 1000 and 300 replicas).
+Run: python benchmarks/fluctuation_check.py [--quick] [--threads 2] [--match LABEL] [--N 30 100]
+(about 40 CPU minutes, most of it the mode setting at N = 10^4; --quick: N <= 1000 and 300 replicas;
+--match, --N: only some cases).
 """
 import argparse
 import time
@@ -39,13 +40,15 @@ def published_modes(N):
     return om.Student(A=A.copy(), lam=lam.copy(), Xi=Xi, train=("xi",), v=teacher.vt.copy()), teacher
 
 
-CASES = [  # label, eta, networks(N), Ns, alpha, alpha at N = 10^4
+CASES = [  # label, eta, networks(N), Ns, alpha (at N = 10^4 only alpha <= 5)
     ("K = M = 2, large init", 1.0, lambda N: classic(2, N), (30, 100, 1000, 10_000), [0, 0.5, 1, 2, 5, 10, 20]),
-    ("K = M = 3, large init", 1.0, lambda N: classic(3, N), (100, 1000, 10_000), [0, 0.5, 1, 2, 5, 10]),
-    ("K = M = 3, small init, onto the plateau", 1.0, lambda N: classic(3, N, "small"), (1000, 10_000),
+    ("K = M = 3, large init", 1.0, lambda N: classic(3, N), (30, 100, 1000, 10_000), [0, 0.5, 1, 2, 5, 10]),
+    ("K = M = 2, small init, onto the plateau", 1.0, lambda N: classic(2, N, "small"), (30, 100, 1000, 10_000),
+     [0, 1, 2, 5, 10, 20]),
+    ("K = M = 3, small init, onto the plateau", 1.0, lambda N: classic(3, N, "small"), (30, 100, 1000, 10_000),
      [0, 1, 2, 5, 10, 20]),
     ("K = M = 2, sigma 0.3, decay 0.1, batch 2, trained v, eta = 1.5", 1.5, noisy, (50, 1000), [0, 0.5, 1, 2, 5, 10]),
-    ("published mode setting (K = M = 8, p = 3, Xi only, eta = 5)", 5.0, published_modes, (30, 100, 1000),
+    ("published mode setting (K = M = 8, p = 3, Xi only, eta = 5)", 5.0, published_modes, (30, 100, 1000, 10_000),
      [0, 0.5, 1, 2, 5, 10]),
     ("K = M = 2, large init, eta = 4 (bias many s.e.)", 4.0, lambda N: classic(2, N), (50,), [0, 2, 5, 10, 20, 50]),
 ]
@@ -55,12 +58,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--match", default="", help="only the cases whose label contains this")
+    ap.add_argument("--N", type=int, nargs="+", default=None, help="only these N")
     args = ap.parse_args()
     print("| case | N | replicas | times | sd ratio eps_g | sd ratio Q | sd ratio R | max abs(gap - bias) / s.e. "
           "| max abs(gap) / s.e. |\n|---|---|---|---|---|---|---|---|---|", flush=True)
     for label, eta, networks, Ns, alpha in CASES:
         for N in Ns:
-            if args.quick and N > 1000:
+            if (args.quick and N > 1000) or args.match not in label or (args.N and N not in args.N):
                 continue
             replicas = 300 if args.quick else (3000 if eta == 4.0 else 1000)
             times = [a for a in alpha if a <= 5] if N >= 10_000 else alpha  # 10^4 steps per unit alpha

@@ -172,9 +172,15 @@ def test_nodes_are_refined_where_the_magnus_term_is_large():
     assert max(magnus) <= 1e-5
 
 
-def test_default_nodes_agree_with_a_dense_grid():
-    """The predictions on the default nodes against 4x and more denser ones (a converging K = M = 2 run)."""
-    system, y0, _ = _classic_solution()
+@pytest.mark.parametrize("case", ["full", "modes-all"])
+def test_default_nodes_agree_with_a_dense_grid(case):
+    """The predictions on the default nodes against 4x and more denser ones: a converging K = M = 2 run,
+    and a mode student with every factor trained and label noise."""
+    if case == "full":
+        system, y0, _ = _classic_solution()
+    else:
+        system, state = CASES[case]()
+        y0 = system.pack(state)
     alpha = np.linspace(0, 60, 121)
     P = fl.predict(system, y0, alpha, 1000)
     dense = fl.predict(system, y0, alpha, 1000, per_decade=40, jac_tol=1e-6)
