@@ -73,11 +73,16 @@ def main():
             t0 = time.process_time()
             theory = om.integrate(student, teacher, eta=eta, alpha=times, fluctuations=True)
             t_theory = time.process_time() - t0
+            valid = int(np.sum((theory.alpha > 0) & (theory.alpha < theory.fluct_valid_until)))
+            if not valid:
+                print(f"| {label} | {N} | - | 0 of {len(times) - 1} (valid until alpha = {theory.fluct_valid_until:.2g}) "
+                      "| - | - | - | - | - |", flush=True)
+                continue
             sim = om.simulate(student, teacher, eta=eta, alpha=theory.alpha, replicas=replicas, seed=N,
                               threads=args.threads)
             c = check_fluctuations(theory, sim)
             r = {k: f"{np.nanmin(v):.3f}-{np.nanmax(v):.3f}" for k, v in c.sd_ratio.items()}
-            print(f"| {label} | {N} | {replicas} | {c.alpha.size} of {len(times)} (alpha <= {times[-1]:g}) | "
+            print(f"| {label} | {N} | {replicas} | {c.alpha.size} of {len(times) - 1} (alpha <= {times[-1]:g}) | "
                   f"{r['eps_g']} | {r['Q']} | {r['R']} | {np.max(np.abs(c.z)):.1f} | "
                   f"{np.max(np.abs(c.gap / c.se)):.1f} |  <!-- theory {t_theory:.1f} s CPU -->", flush=True)
 

@@ -790,7 +790,8 @@ def check_fluctuations(theory: Trajectory, sim: Trajectory, rel_floor: float = 1
     """Compare ``integrate(..., fluctuations=True)`` with a simulation's replicas at the same times.
 
     Raises ValueError when ``theory`` has no finite-N prediction, ``sim`` has fewer than 2
-    replicas, or their output times differ.
+    replicas, their output times differ, or no output time after the start lies before
+    ``fluct_valid_until``.
     """
     if theory.eps_g_sd is None:
         raise ValueError("theory has no finite-N prediction: use integrate(..., fluctuations=True)")
@@ -799,6 +800,9 @@ def check_fluctuations(theory: Trajectory, sim: Trajectory, rel_floor: float = 1
     if sim.alpha.shape != theory.alpha.shape or not np.allclose(sim.alpha, theory.alpha, rtol=1e-9, atol=1e-12):
         raise ValueError("theory and sim must have the same output times alpha")
     ok = (theory.alpha > theory.alpha[0]) & (theory.alpha < theory.fluct_valid_until)
+    if not ok.any():
+        raise ValueError(f"no output time after the start lies before fluct_valid_until = "
+                         f"{theory.fluct_valid_until:.4g}: the expansion holds nowhere to compare")
     n = sim.eps_g.shape[0]
 
     def ratio(measured, predicted):

@@ -1,6 +1,8 @@
 """Finite-N theory (onlinemdl/ode/fluctuations.py, theory/finite_size.md): the noise covariance and
 the finite-N drift against Monte Carlo in field space; the propagation step against direct
 integration; the predicted spread and bias of SGD against the exact finite-N Gram chain."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from conftest import dg, g, mc_steps
@@ -344,6 +346,22 @@ def test_check_fluctuations_compares_like_with_like():
         om.analysis.check_fluctuations(theory, om.simulate(student, teacher, eta=1.0, alpha=alpha, replicas=1))
     with pytest.raises(ValueError, match="same output times"):
         om.analysis.check_fluctuations(theory, om.simulate(student, teacher, eta=1.0, alpha=[0, 1, 2, 3], replicas=4))
+    with pytest.raises(ValueError, match="holds nowhere"):
+        om.analysis.check_fluctuations(replace(theory, fluct_valid_until=0.2), sim)
+
+
+def test_validity_ends_where_the_bias_outgrows_the_spread():
+    N, d = 10_000, 3
+    Sigma = np.zeros((4, d, d))
+    Sigma[:, 0, 0], Sigma[:, 1, 1] = 1.0, 4.0  # entry 2 does not fluctuate: its bias is not compared
+    b = np.zeros((4, d))
+    b[:, 0] = np.array([0.1, 0.19, 0.21, 0.5]) * np.sqrt(N)  # |b_0| / sqrt(N Sigma_00)
+    b[:, 2] = 5.0
+    T = np.eye(2)
+    np.testing.assert_array_equal(fl.validity(None, Sigma, N, T), [True] * 4)
+    np.testing.assert_array_equal(fl.validity(None, Sigma, N, T, b=b), [True, True, False, False])
+    np.testing.assert_array_equal(fl.validity(None, Sigma * 2.0, N, T, b=b, bias_tol=0.3), [True, True, True, False])
+    np.testing.assert_array_equal(fl.validity(None, Sigma * 400, N, T, b=b * 20), [False] * 4)  # sd 0.2 and 0.4 > 0.1
 
 
 @pytest.mark.slow

@@ -480,12 +480,19 @@ def eps_g_moments(system: OdeSystem, ys, Sigmas, bs, N: int, rel_step: float = 1
     return eps_sd, eps_bias, qr_sd, qr_bias
 
 
-def validity(ys, Sigma, N: int, T, tol: float = 0.1) -> np.ndarray:
+def validity(ys, Sigma, N: int, T, tol: float = 0.1, b=None, bias_tol: float = 0.2) -> np.ndarray:
     """Per node, whether the expansion holds: every state entry's predicted standard deviation
-    ``sqrt(Sigma_jj / N)`` stays below ``tol`` times the scale ``max(1, max_n T_nn)``."""
+    ``sqrt(Sigma_jj / N)`` stays below ``tol`` times the scale ``max(1, max_n T_nn)`` and, given the
+    bias ``b``, its O(1/N) shift ``|b_j| / N`` below ``bias_tol`` times that standard deviation (the
+    next order of the expansion small against the first; theory/finite_size.md §6)."""
     scale = max(1.0, float(np.max(np.diag(T))))
-    sd = np.sqrt(np.maximum(np.einsum("kjj->kj", Sigma), 0.0) / N)
-    return np.all(sd <= tol * scale, axis=1)
+    var = np.maximum(np.einsum("kjj->kj", Sigma), 0.0)
+    ok = np.all(np.sqrt(var / N) <= tol * scale, axis=1)
+    if b is not None:
+        noisy = var > 1e-12 * np.maximum(1.0, var.max(axis=1, keepdims=True))
+        ratio = np.abs(b) / np.sqrt(N * np.where(noisy, var, 1.0))
+        ok &= np.all(np.where(noisy, ratio, 0.0) <= bias_tol, axis=1)
+    return ok
 
 
 def initial_covariance(system: OdeSystem, y0, N: int, scale2: float) -> np.ndarray:
@@ -603,7 +610,7 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
     else:
         nodes, ys = alpha[:1], y0[None]
         Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2)
-    bad = np.nonzero(~validity(ys, Sig, N, system.T, tol))[0]
+    bad = np.nonzero(~validity(ys, Sig, N, system.T, tol, bb if bias else None))[0]
     valid_until = float(nodes[bad[0]]) if bad.size else math.inf
     K, M = system.K, system.M
     eps_sd, eps_bias, qr_sd, qr_bias = eps_g_moments(system, ys, Sig, bb, N)
