@@ -210,6 +210,26 @@ def test_propagation_step_matches_direct_integration():
     np.testing.assert_allclose(Phi @ b0 + c, sb.y[:, -1], rtol=1e-7, atol=1e-10)
 
 
+def test_propagation_step_is_accurate_over_long_steps():
+    """h ||J|| = 40 with a zero mode (as for the linear activation's rotation symmetry): one exponential of
+    Van Loan's block would hold e^{40} and lose Sigma in rounding (eigenvalues of -8e6 in a real run)."""
+    rng = np.random.default_rng(4)
+    d = 5
+    P = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    J = P @ np.diag([0.0, -0.5, -1.0, -1.5, -2.0]) @ P.T + 0.1 * rng.normal(size=(d, d))
+    X = rng.normal(size=(d, d))
+    V = X @ X.T
+    h, S0, b0, s_ = 20.0, np.eye(d) * 0.3, rng.normal(size=d), rng.normal(size=d)
+    Phi, Qh, Jh = fl._step(J, J, V, V, h)
+    c = fl._forced(Jh, J, J, s_, s_, h)
+    x = solve_ivp(lambda t, x: np.concatenate(((J @ x[:d * d].reshape(d, d) + x[:d * d].reshape(d, d) @ J.T + V).ravel(),
+                                               J @ x[d * d:] + s_)),
+                  (0, h), np.concatenate((S0.ravel(), b0)), method="DOP853", rtol=1e-11, atol=1e-12).y[:, -1]
+    np.testing.assert_allclose(Phi @ S0 @ Phi.T + Qh, x[:d * d].reshape(d, d), rtol=1e-7, atol=1e-8 * np.abs(x).max())
+    np.testing.assert_allclose(Phi @ b0 + c, x[d * d:], rtol=1e-7, atol=1e-8 * np.abs(x).max())
+    assert np.linalg.eigvalsh(Qh).min() > -1e-10 * np.linalg.eigvalsh(Qh).max()
+
+
 def test_propagation_step_is_fourth_order_for_linearly_varying_coefficients():
     """The Magnus terms make one step's error O(h^5) when J, V and the bias forcing vary linearly
     (the plain averages of the end values: O(h^3), an error ratio of 8 per halving)."""

@@ -312,32 +312,52 @@ def _lyap(J, V):
     return JV + JV.T
 
 
+def _halvings(J, h) -> int:
+    """How often to halve ``h`` so that ``h ||J||_1 <= 1``: the block exponentials below hold ``e^{-hJ}``,
+    whose growth for large ``h ||J||`` would swamp the result in rounding errors."""
+    return max(0, math.ceil(math.log2(max(h * float(np.abs(J).sum(axis=0).max()), 1.0))))
+
+
 def _step(J0, J1, V0, V1, h):
     """One step of :func:`propagate` over ``h`` for ``Sigma``: ``J`` and ``V`` linear between their end
     values, to second order in the Magnus expansion (theory/finite_size.md eq. P1). Returns ``Phi``,
     ``Qh`` (``Sigma_1 = Phi Sigma_0 Phi^T + Qh``) and the step's ``J``; with the step's ``J``, ``V``:
     ``Phi = e^{hJ}``, ``Qh = int_0^h e^{tJ} V e^{tJ^T} dt``, both from the exponential of
-    ``h [[-J, c V], [0, J^T]]`` (Van Loan; ``c`` scales ``V`` to ``J``'s size: fewer squarings)."""
+    ``h' [[-J, c V], [0, J^T]]`` (Van Loan; ``c`` scales ``V`` to ``J``'s size) over ``h' = h / 2^s`` with
+    ``h' ||J|| <= 1``, then doubled ``s`` times: ``Q(2t) = Q(t) + Phi(t) Q(t) Phi(t)^T``, ``Phi(2t) = Phi(t)^2``."""
     d = J0.shape[0]
     J = 0.5 * (J0 + J1) + h / 12 * (J1 @ J0 - J0 @ J1)
     V = 0.5 * (V0 + V1) + h / 12 * (_lyap(J1, V0) - _lyap(J0, V1))
-    c = max(float(np.abs(J).max()), 1.0 / h) / max(float(np.abs(V).max()), 1e-300)
+    halvings = _halvings(J, h)
+    hs = h / 2**halvings
+    c = max(float(np.abs(J).max()), 1.0 / hs) / max(float(np.abs(V).max()), 1e-300)
     B = np.zeros((2 * d, 2 * d))
     B[:d, :d], B[:d, d:], B[d:, d:] = -J, c * V, J.T
-    E = expm(B * h)
+    E = expm(B * hs)
     Phi = np.ascontiguousarray(E[d:, d:].T)
     Qh = Phi @ E[:d, d:] / c
+    for _ in range(halvings):
+        Qh = Qh + Phi @ Qh @ Phi.T
+        Phi = Phi @ Phi
     return Phi, (Qh + Qh.T) / 2, J
 
 
 def _forced(J, J0, J1, s0, s1, h):
     """``int_0^h e^{tJ} s dt`` for the step's ``J`` (:func:`_step`) and the bias forcing ``s`` linear
     between ``s0`` and ``s1`` (Magnus term ``h/12 (J1 s0 - J0 s1)``, eq. P1): the top right column of
-    ``exp(h [[J, s], [0, 0]])``."""
+    ``exp(h' [[J, s], [0, 0]])`` over ``h' = h / 2^s`` (as in :func:`_step`), doubled ``s`` times:
+    ``c(2t) = c(t) + Phi(t) c(t)``."""
     d = J.shape[0]
+    halvings = _halvings(J, h)
+    hs = h / 2**halvings
     B = np.zeros((d + 1, d + 1))
-    B[:d, :d], B[:d, d] = J * h, (0.5 * (s0 + s1) + h / 12 * (J1 @ s0 - J0 @ s1)) * h
-    return expm(B)[:d, d]
+    B[:d, :d], B[:d, d] = J * hs, (0.5 * (s0 + s1) + h / 12 * (J1 @ s0 - J0 @ s1)) * hs
+    E = expm(B)
+    Phi, c = E[:d, :d], E[:d, d]
+    for _ in range(halvings):
+        c = c + Phi @ c
+        Phi = Phi @ Phi
+    return c
 
 
 def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: bool = True,
