@@ -323,8 +323,9 @@ def _step(J0, J1, V0, V1, h):
     values, to second order in the Magnus expansion (theory/finite_size.md eq. P1). Returns ``Phi``,
     ``Qh`` (``Sigma_1 = Phi Sigma_0 Phi^T + Qh``) and the step's ``J``; with the step's ``J``, ``V``:
     ``Phi = e^{hJ}``, ``Qh = int_0^h e^{tJ} V e^{tJ^T} dt``, both from the exponential of
-    ``h' [[-J, c V], [0, J^T]]`` (Van Loan; ``c`` scales ``V`` to ``J``'s size) over ``h' = h / 2^s`` with
-    ``h' ||J|| <= 1``, then doubled ``s`` times: ``Q(2t) = Q(t) + Phi(t) Q(t) Phi(t)^T``, ``Phi(2t) = Phi(t)^2``."""
+    ``h' [[-J, c V], [0, J^T]]`` (Van Loan; ``c`` scales ``V`` to ``J``'s size) over ``h' = h / 2^m`` with
+    ``h' ||J|| <= 1`` (:func:`_halvings`), then doubled ``m`` times: ``Q(2t) = Q(t) + Phi(t) Q(t) Phi(t)^T``,
+    ``Phi(2t) = Phi(t)^2``."""
     d = J0.shape[0]
     J = 0.5 * (J0 + J1) + h / 12 * (J1 @ J0 - J0 @ J1)
     V = 0.5 * (V0 + V1) + h / 12 * (_lyap(J1, V0) - _lyap(J0, V1))
@@ -345,7 +346,7 @@ def _step(J0, J1, V0, V1, h):
 def _forced(J, J0, J1, s0, s1, h):
     """``int_0^h e^{tJ} s dt`` for the step's ``J`` (:func:`_step`) and the bias forcing ``s`` linear
     between ``s0`` and ``s1`` (Magnus term ``h/12 (J1 s0 - J0 s1)``, eq. P1): the top right column of
-    ``exp(h' [[J, s], [0, 0]])`` over ``h' = h / 2^s`` (as in :func:`_step`), doubled ``s`` times:
+    ``exp(h' [[J, s], [0, 0]])`` over ``h' = h / 2^m`` (as in :func:`_step`), doubled ``m`` times:
     ``c(2t) = c(t) + Phi(t) c(t)``."""
     d = J.shape[0]
     halvings = _halvings(J, h)
