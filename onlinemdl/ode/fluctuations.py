@@ -265,7 +265,7 @@ def finite_n_drift(system: OdeSystem, y, J=None) -> np.ndarray:
             f1G = f1G + eta**2 * (b - 1) / b * dY @ np.linalg.pinv(Cf, rcond=1e-12, hermitian=True) @ dY.T
         out[:r * (r + 1) // 2] = f1G[np.triu_indices(r)]
     if J is None:
-        J = system.jacobian(y, order=2)
+        J = system.jacobian(y)
     return out - 0.5 * J @ system.rhs(y)
 
 
@@ -383,7 +383,7 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     bb[0] = 0 if b0 is None else b0
 
     def node(k):
-        J = system.jacobian(ys[k], order=1) if jacobians is None else jacobians[k]
+        J = system.jacobian(ys[k]) if jacobians is None else jacobians[k]
         return J, noise_covariance(system, ys[k], log2) if noise is None else noise[k]
 
     def forcing(k, J):
@@ -576,7 +576,7 @@ def refine_by_jacobian(system: OdeSystem, sol, nodes, jac_tol: float, y0=None, m
     Returns the nodes, the states ``sol(nodes)`` (``y0`` at the first) and the Jacobians there."""
     nodes = list(np.asarray(nodes, float))
     ys = [np.asarray(y0, float) if y0 is not None else sol(nodes[0])] + [sol(a) for a in nodes[1:]]
-    Js = [system.jacobian(y, order=1) for y in ys]
+    Js = [system.jacobian(y) for y in ys]
     depth = [0] * len(nodes)
     k = 0
     while k < len(nodes) - 1:
@@ -586,7 +586,7 @@ def refine_by_jacobian(system: OdeSystem, sol, nodes, jac_tol: float, y0=None, m
             mid = 0.5 * (nodes[k] + nodes[k + 1])
             y = sol(mid)
             depth.insert(k + 1, max(depth[k], depth[k + 1]) + 1)
-            nodes.insert(k + 1, mid), ys.insert(k + 1, y), Js.insert(k + 1, system.jacobian(y, order=1))
+            nodes.insert(k + 1, mid), ys.insert(k + 1, y), Js.insert(k + 1, system.jacobian(y))
         else:
             k += 1
     return np.array(nodes), np.array(ys), Js
@@ -624,7 +624,7 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
     y0 = np.asarray(y0, float)
     if alpha[-1] > alpha[0]:
         sol = solve_ivp(lambda t, y: system.rhs(y), (alpha[0], alpha[-1]), y0, method="LSODA", rtol=rtol, atol=atol,
-                        dense_output=True, jac=lambda t, y: system.jacobian(y, order=1))
+                        dense_output=True, jac=lambda t, y: system.jacobian(y))
         nodes = node_grid(sol.sol, alpha, per_decade, dy_tol)
         nodes, ys, Js = refine_by_jacobian(system, sol.sol, nodes, jac_tol, y0=y0)
         Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2, jacobians=Js)
@@ -720,7 +720,7 @@ def escape_distribution(system: OdeSystem, y0, N: int, fp=None, level: float = 0
     U, L = _unstable_space(fp)
     window = 0.5 / mu if window is None else check_number("window", window, strict=True)
     eps_level = level * fp.eps_g
-    jac = lambda t, y: system.jacobian(y, order=1)  # noqa: E731
+    jac = lambda t, y: system.jacobian(y)  # noqa: E731
     horizon = 50.0 / mu
     sol = solve_ivp(lambda t, y: system.rhs(y), (0.0, horizon), np.asarray(y0, float), method="LSODA",
                     rtol=1e-9, atol=1e-12, dense_output=True, jac=jac)

@@ -10,6 +10,7 @@ from numpy.typing import ArrayLike
 
 from ..dynamics import FULL_FACTORS, MODE_FACTORS, Dynamics
 from ..gaussian import activation_code, covariance_check, eps_g as _eps_g, joint_covariance
+from .derivatives import jacobian as exact_jacobian
 from .kernels import rhs_any, rhs_many
 
 if TYPE_CHECKING:
@@ -242,8 +243,11 @@ class OdeSystem:
         """:meth:`rhs` of each row of ``Y`` (m, d), in one compiled call."""
         return rhs_many(np.ascontiguousarray(Y, dtype=np.float64), self.kernel_args)
 
-    def jacobian(self, y: ArrayLike, order: int = 4, rel_step: float | None = None) -> np.ndarray:
-        """Jacobian of :meth:`rhs` at ``y`` (:func:`finite_difference_jacobian`; by default O(h^4))."""
+    def jacobian(self, y: ArrayLike, order: int | None = None, rel_step: float | None = None) -> np.ndarray:
+        """Jacobian of :meth:`rhs` at ``y``: in closed form (:func:`onlinemdl.ode.derivatives.jacobian`), or
+        with ``order`` 1, 2 or 4 by finite differences (:func:`finite_difference_jacobian`, a check)."""
+        if order is None:
+            return exact_jacobian(self, y)
         return finite_difference_jacobian(self.rhs_many, y, order, rel_step, vectorized=True)
 
     def eps_g(self, y: ArrayLike) -> float:
