@@ -73,8 +73,28 @@ def check_noise_covariance(case, n_mc):
     assert z.max() < 5.0, (case, z.max())
     assert np.allclose(V, V.T)
     assert np.linalg.eigvalsh(V).min() > -1e-10 * np.abs(V).max()
-    # the default cubature of a large state (2^13 points) is within 2% of the converged one
-    np.testing.assert_allclose(fl.noise_covariance(system, y, log2=13), V, atol=2e-2 * np.abs(V).max())
+    # the default cubature (2^10 points for the part outside the closed form) is within 2% of the converged one,
+    # and so is the whole covariance by the cubature alone
+    np.testing.assert_allclose(fl.noise_covariance(system, y), V, atol=2e-2 * np.abs(V).max())
+    np.testing.assert_allclose(fl.noise_covariance(system, y, log2=16, split=False), V, atol=2e-3 * np.abs(V).max())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_closed_form_noise_equals_the_cubature_of_the_linear_terms(case):
+    """V1 = Cov(F1) of :func:`linear_noise` (Stein and Price on the closed forms) against the cubature
+    of the same terms, and its means against the rhs."""
+    system, state = CASES[case]()
+    y = system.pack(state)
+    V1, m1, m2, rest = fl.linear_noise(system, y)
+    args = fl._increment_args(system, y)
+    L = fl._field_factor(args[1], args[2], system.T)
+    noisy = system.sigma > 0
+    Z = fl._normal_points(L.shape[1] + noisy, 17)
+    F1, F2 = fl._increment_rows(Z, L, noisy, np.zeros((2, y.size)), True, *args)
+    np.testing.assert_allclose(F1.mean(0), m1, atol=5e-4 * np.abs(m1).max())
+    np.testing.assert_allclose(F2.mean(0), m2, atol=5e-4 * max(np.abs(m2).max(), 1e-12))
+    np.testing.assert_allclose(np.cov(F1.T, bias=True), V1, atol=2e-3 * np.abs(V1).max())
+    assert np.all(F2[:, np.setdiff1d(np.arange(y.size), rest)] == 0)
 
 
 def test_noise_covariance_matches_monte_carlo():

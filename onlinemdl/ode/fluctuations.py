@@ -30,12 +30,15 @@ from scipy.linalg import expm
 from ..dynamics import ACT, DECAY, ETA, ETA_A, ETA_LAM, ETA_V, INV_BATCH, SIGMA, TRAIN_A, TRAIN_LAM, TRAIN_N, TRAIN_V
 from ..gaussian import LINEAR, dg, g, joint_covariance
 from ..runsetup import check_int, check_number
+from .derivatives import field_average_derivatives
 from .kernels import field_averages
 from .system import OdeSystem
 
-#: log2 of the number of quasi-Monte Carlo points of :func:`noise_covariance`: 2^13 changes the predicted
-#: sd of eps_g by under 1.6% and of Q by under 1.2% against 2^16 (benchmarks/bench_fluctuations.py cases).
-QMC_LOG2 = 13
+#: log2 of the number of quasi-Monte Carlo points of :func:`noise_covariance` (the part of ``V`` outside the
+#: closed form), one more when ``v`` is trained (its increments lie wholly outside): 2^10 changes the predicted
+#: sd of eps_g by under 0.7% and of Q by under 0.6% against 2^16 (benchmarks/bench_fluctuations.py cases);
+#: every entry of ``V`` stays within 2% of the converged one in the cases of tests/test_fluctuations.py.
+QMC_LOG2 = 10
 _SQRT2 = math.sqrt(2.0)
 _DG = math.sqrt(2.0 / math.pi)
 _POINTS: dict = {}
@@ -67,7 +70,7 @@ def increments(system: OdeSystem, y, s, u, zeta=None) -> np.ndarray:
     X = np.ascontiguousarray(np.hstack((s, u) if zeta is None else (s, u, np.asarray(zeta, float)[:, None])))
     noisy = zeta is not None
     L = np.eye(X.shape[1] - noisy)
-    return _increment_rows(X, L, noisy, np.zeros(np.asarray(y).size), *_increment_args(system, y))
+    return _increment_rows(X, L, noisy, np.zeros((1, np.asarray(y).size)), False, *_increment_args(system, y))[0]
 
 
 def _increment_args(system: OdeSystem, y) -> tuple:
@@ -82,15 +85,18 @@ def _increment_args(system: OdeSystem, y) -> tuple:
 
 
 @njit(cache=True)
-def _increment_rows(X, L, noisy, shift, C, G, S, v, vt, A, lam, rates, flags, modes, d):
+def _increment_rows(X, L, noisy, shift, split, C, G, S, v, vt, A, lam, rates, flags, modes, d):
     """Rows of :func:`increments` minus ``shift`` (theory/finite_size.md eq. of F^(1)), one per row
     of ``X``: the fields are ``(s, u) = L X[t, :k]`` (``k`` = columns of ``L``), the label-noise
-    variate ``X[t, -1]`` when ``noisy``."""
+    variate ``X[t, -1]`` when ``noisy``. Returns ``(F, F2)``: with ``split``, ``F`` holds the terms
+    linear in ``delta`` (and the decay) minus ``shift[0]``, ``F2`` the rest (``(eta^2/b) dd^T`` and
+    the ``v`` increments) minus ``shift[1]``; else ``F`` (= ``F2``) the whole increment minus ``shift[0]``."""
     n, k = X.shape[0], L.shape[1]
     r, K, M = G.shape[0], C.shape[0], vt.size
     eta, inv_b, kappa, sigma = rates[ETA], rates[INV_BATCH], rates[DECAY], rates[SIGMA]
     act = flags[ACT]
     F = np.zeros((n, d))
+    F2 = np.zeros((n, d)) if split else F
     f, h, gh, delta, dd = np.empty(r + M), np.empty(K), np.empty(K), np.empty(K), np.empty(r)
     for t in range(n):
         for a in range(r + M):  # f = (s, u)
@@ -119,8 +125,8 @@ def _increment_rows(X, L, noisy, shift, C, G, S, v, vt, A, lam, rates, flags, mo
         if flags[TRAIN_N]:
             for a in range(r):  # G block, upper triangle
                 for b in range(a, r):
-                    F[t, off] = (-eta * (dd[a] * f[b] + f[a] * dd[b]) + eta * eta * inv_b * dd[a] * dd[b]
-                                 - 2.0 * eta * kappa * G[a, b])
+                    F[t, off] = -eta * (dd[a] * f[b] + f[a] * dd[b]) - 2.0 * eta * kappa * G[a, b]
+                    F2[t, off] += eta * eta * inv_b * dd[a] * dd[b]
                     off += 1
             for a in range(r):  # S block
                 for m in range(M):
@@ -142,11 +148,13 @@ def _increment_rows(X, L, noisy, shift, C, G, S, v, vt, A, lam, rates, flags, mo
                     off += 1
         if flags[TRAIN_V]:
             for i in range(K):
-                F[t, off] = -rates[ETA_V] * err * gh[i]
+                F2[t, off] += -rates[ETA_V] * err * gh[i]
                 off += 1
         for j in range(d):
-            F[t, j] -= shift[j]
-    return F
+            F[t, j] -= shift[0, j]
+            if split:
+                F2[t, j] -= shift[1, j]
+    return F, F2
 
 
 def _normal_points(dim: int, log2: int) -> np.ndarray:
@@ -185,33 +193,145 @@ def _field_factor(G, S, T):
     return L
 
 
-def noise_covariance(system: OdeSystem, y, log2: int = QMC_LOG2, return_mean: bool = False):
+def noise_covariance(system: OdeSystem, y, log2: int | None = None, return_mean: bool = False, split: bool = True):
     """``V(y)``: N^2 x the covariance of one SGD step's change of the state vector.
 
-    ``V = Cov(F) / b`` with ``F`` = :func:`increments` of one sample, averaged over the Gaussian
-    fields by randomised quasi-Monte Carlo (``2^log2`` scrambled Sobol points, default
-    :data:`QMC_LOG2`, in ``r + rank(T)`` dimensions mapped to the fields by :func:`_field_factor`,
-    plus one for the label noise). Fluctuations of ``|x|^2 / N`` and of the cross products of a
-    batch enter at O(N^-1/2) and are left out. With
-    ``return_mean``, also the cubature's mean of ``F`` (equal to ``system.rhs(y)`` up to the
-    cubature error: a check).
+    ``V = Cov(F) / b`` with ``F`` = :func:`increments` of one sample. ``F = F1 + F2``: ``F1``, the
+    terms linear in ``delta`` (``-eta (dd s^T + s dd^T)``, ``-eta dd u^T``, the ``lam`` and ``A``
+    increments), has its covariance in closed form (:func:`linear_noise`); the cross covariance
+    with the rest ``F2`` (``(eta^2/b) dd dd^T``, the ``v`` increments) and that of ``F2`` itself,
+    which have none, come from randomised quasi-Monte Carlo (``2^log2`` scrambled Sobol points,
+    default :data:`QMC_LOG2` (+1 with ``v`` trained), in ``r + rank(T)`` dimensions mapped to the fields by
+    :func:`_field_factor`, plus one for the label noise). ``split=False``: the whole ``Cov(F)`` by
+    the cubature (a check). Fluctuations of ``|x|^2 / N`` and of the cross products of a batch
+    enter at O(N^-1/2) and are left out. With ``return_mean``, also the cubature's mean of ``F``
+    (equal to ``system.rhs(y)`` up to the cubature error: a check).
     """
     args = _increment_args(system, y)
+    d = args[-1]
+    if split:
+        V, m1, m2, rest = linear_noise(system, y)
+    else:
+        m1, m2, rest = system.rhs(y), np.zeros(d), np.arange(0)
+    mean = m1 + m2
+    if split and rest.size == 0:  # nothing outside the closed form
+        V = V / system.dynamics.batch
+        return (V, mean) if return_mean else V
     G, S = args[1], args[2]
     L = _field_factor(G, S, system.T)
     noisy = system.dynamics.sigma > 0
+    if log2 is None:
+        log2 = QMC_LOG2 + ("v" in system.train)
     Z = _normal_points(L.shape[1] + noisy, log2)
     n = Z.shape[0]
-    shift = system.rhs(y)  # the exact mean: the sums below stay free of cancellation
-    total, second = 0.0, 0.0
+    shift = np.stack((m1, m2))  # the exact means: the sums below stay free of cancellation
+    t1, t2, cross, second = 0.0, 0.0, 0.0, 0.0
     for lo in range(0, n, 2048):  # in chunks that stay in cache
-        F = _increment_rows(Z[lo:lo + 2048], L, noisy, shift, *args)
-        total = total + F.sum(axis=0)
-        second = second + F.T @ F
-    dm = total / n
-    V = (second / n - np.outer(dm, dm)) / system.dynamics.batch
-    mean = shift + dm
+        F, F2 = _increment_rows(Z[lo:lo + 2048], L, noisy, shift, split, *args)
+        t1 = t1 + F.sum(axis=0)
+        if split:
+            F2 = np.ascontiguousarray(F2[:, rest])
+            t2 = t2 + F2.sum(axis=0)
+            cross = cross + F.T @ F2
+            second = second + F2.T @ F2
+        else:
+            second = second + F.T @ F
+    dm1 = t1 / n
+    if split:
+        dm2 = t2 / n
+        cross = cross / n - np.outer(dm1, dm2)
+        V[:, rest] += cross
+        V[rest, :] += cross.T
+        V[np.ix_(rest, rest)] += second / n - np.outer(dm2, dm2)
+        mean[rest] += dm2
+        V = _psd(V)
+    else:
+        V = second / n - np.outer(dm1, dm1)
+    mean += dm1
+    V = V / system.dynamics.batch
     return (V, mean) if return_mean else V
+
+
+def _psd(V):
+    """``V`` with its negative eigenvalues set to 0, where it has any beyond rounding: the sum of the closed
+    form and the cubature's terms is positive semi-definite only up to the cubature's error, which in a
+    degenerate direction (a symmetry of the state) can leave an eigenvalue of -1e-6 x ``|V|``."""
+    scale = max(float(np.abs(V).max()), 1e-300)
+    try:
+        np.linalg.cholesky(V + 1e-12 * scale * np.eye(V.shape[0]))
+        return V
+    except np.linalg.LinAlgError:
+        w, U = np.linalg.eigh(V)
+        return (U * np.maximum(w, 0.0)) @ U.T
+
+
+def _linear_map(system: OdeSystem, st, C, d):
+    """``(d, K, r + M)``: the state's increment ``F1`` as a linear function of ``P = delta x^T``
+    (``x = (s, u)``), as :func:`_increment_rows` builds it."""
+    K, M = system.K, system.M
+    r = C.shape[1]
+    eta = system.dynamics.eta
+    Mm = np.zeros((d, K, r + M))
+    off = 0
+    if system.dynamics.trains_n:
+        for x, (a, b) in enumerate(zip(*np.triu_indices(r))):  # -eta (dd_a s_b + s_a dd_b), dd = C^T delta
+            Mm[x, :, b] -= eta * C[:, a]
+            Mm[x, :, a] -= eta * C[:, b]
+        off = r * (r + 1) // 2
+        for a in range(r):  # -eta dd_a u_m
+            for m in range(M):
+                Mm[off + a * M + m, :, r + m] = -eta * C[:, a]
+    off = r * (r + 1) // 2 + r * M
+    if system.form == "modes":
+        p = r
+        if "lam" in system.train:  # -eta_lam sum_i A_imu delta_i s_mu
+            for mu in range(p):
+                Mm[off + mu, :, mu] = -system.dynamics.eta_lam * st["A"][:, mu]
+            off += p
+        if "A" in system.train:  # -eta_A lam_mu delta_i s_mu
+            for i in range(K):
+                for mu in range(p):
+                    Mm[off + i * p + mu, i, mu] = -system.dynamics.eta_A * st["lam"][mu]
+    return Mm
+
+
+def linear_noise(system: OdeSystem, y):
+    """The part of :func:`noise_covariance` in closed form (theory/finite_size.md eq. V1).
+
+    Returns ``(V1, m1, m2, rest)``: ``V1 = Cov(F1)`` (not divided by the batch), the means of ``F1``
+    and of the rest ``F2``, and the state entries where ``F2`` is not zero. ``F1 = M vec(P)`` with
+    ``P_ij = delta_i x_j`` (:func:`_linear_map`), and by Stein's lemma on ``x`` and Price's theorem
+    ``E[delta_i x_j delta_k x_l] = Cov(x_j, x_l) D_ik + 2 sum_pq Cov(x_j, z_p) Cov(x_l, z_q) dD_ik/dSig_pq``
+    (``z = (h, u)``; ``dD/dSig``: :func:`~onlinemdl.ode.derivatives.field_average_derivatives`).
+    """
+    y = np.asarray(y, float)
+    G, S, C, st = _structure(system, y)
+    dyn = system.dynamics
+    K, M, r, d = system.K, system.M, G.shape[0], y.size
+    Sig, c = _fields(system, st, G, S, C)
+    Phi, psi, D, Ig, *_, gD, _, _, _ = field_average_derivatives(Sig, K, c, dyn.sigma, system.act)
+    Cf = joint_covariance(G, S, system.T)  # Cov(x)
+    Hmap = np.zeros((K + M, r + M))
+    Hmap[:K, :r], Hmap[K:, r:] = C, np.eye(M)
+    Chf = Hmap @ Cf  # Cov(z, x)
+    mP = Phi @ Chf - psi[:, None] * Chf[:K]  # E[delta_i x_j]
+    W = np.matmul(Chf.T, np.matmul(gD, Chf))  # (K, K, nx, nx): [i, k, j, l]
+    nx = r + M
+    second = (D[:, None, :, None] * Cf[None, :, None, :] + 2.0 * W.transpose(0, 2, 1, 3)).reshape(K * nx, K * nx)
+    Mm = _linear_map(system, st, C, d).reshape(d, K * nx)
+    mflat = mP.ravel()
+    V1 = Mm @ (second - np.outer(mflat, mflat)) @ Mm.T
+    m2 = np.zeros(d)
+    rest = []
+    if dyn.trains_n:
+        nq = r * (r + 1) // 2
+        m2[:nq] = (dyn.eta**2 / dyn.batch * C.T @ D @ C)[np.triu_indices(r)]
+        rest += range(nq)
+    if "v" in dyn.train:
+        m2[d - K:] = -dyn.eta_v * Ig
+        rest += range(d - K, d)
+    m1 = system.rhs(y) - m2
+    return (V1 + V1.T) / 2, m1, m2, np.array(rest, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------
@@ -362,7 +482,7 @@ def _forced(J, J0, J1, s0, s1, h):
 
 
 def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: bool = True,
-              log2: int = QMC_LOG2, noise=None, jacobians=None):
+              log2: int | None = None, noise=None, jacobians=None):
     """``Sigma`` and ``b`` at the ``nodes`` (increasing alpha) of an ODE solution ``ys``.
 
     ``Sigma0``, ``b0``: their initial values (default 0: runs started from the very networks
@@ -608,7 +728,7 @@ def _interpolate(nodes, values, alpha, geometric: bool = False):
 
 
 def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bool = True, rtol: float = 1e-8,
-            atol: float = 1e-10, log2: int = QMC_LOG2, dy_tol: float = 0.02, tol: float = 0.1,
+            atol: float = 1e-10, log2: int | None = None, dy_tol: float = 0.02, tol: float = 0.1,
             per_decade: int = 10, jac_tol: float = 1e-4) -> dict:
     """The finite-N predictions at the output times ``alpha`` (starting at the initial state).
 
