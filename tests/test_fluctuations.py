@@ -221,8 +221,8 @@ def test_propagation_step_matches_direct_integration():
     V = X @ X.T
     S0, b0 = np.eye(d) * 0.3, rng.normal(size=d)
     h = 0.7
-    Phi, Qh, Jh = fl._step(J, J, V, V, h)
-    c = fl._forced(Jh, J, J, np.ones(d), np.ones(d), h)
+    Phi, Qh, Jh, levels = fl._step(J, J, V, V, h)
+    c = fl._forced(Jh, levels, fl._mean_forcing(J, J, np.ones(d), np.ones(d), h))
     sol = solve_ivp(lambda t, x: (J @ x.reshape(d, d) + x.reshape(d, d) @ J.T + V).ravel(), (0, h), S0.ravel(),
                     rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(Phi @ S0 @ Phi.T + Qh, sol.y[:, -1].reshape(d, d), rtol=1e-7, atol=1e-9)
@@ -240,8 +240,8 @@ def test_propagation_step_is_accurate_over_long_steps():
     X = rng.normal(size=(d, d))
     V = X @ X.T
     h, S0, b0, s_ = 20.0, np.eye(d) * 0.3, rng.normal(size=d), rng.normal(size=d)
-    Phi, Qh, Jh = fl._step(J, J, V, V, h)
-    c = fl._forced(Jh, J, J, s_, s_, h)
+    Phi, Qh, Jh, levels = fl._step(J, J, V, V, h)
+    c = fl._forced(Jh, levels, fl._mean_forcing(J, J, s_, s_, h))
     x = solve_ivp(lambda t, x: np.concatenate(((J @ x[:d * d].reshape(d, d) + x[:d * d].reshape(d, d) @ J.T + V).ravel(),
                                                J @ x[d * d:] + s_)),
                   (0, h), np.concatenate((S0.ravel(), b0)), method="DOP853", rtol=1e-11, atol=1e-12).y[:, -1]
@@ -268,8 +268,8 @@ def test_propagation_step_is_fourth_order_for_linearly_varying_coefficients():
             return np.concatenate(((J @ S + S @ J.T + V0 + t * Vd).ravel(), J @ x[d * d:] + s0 + t * sd))
         x = solve_ivp(f, (0, h), np.concatenate((S0.ravel(), b0)), method="DOP853", rtol=1e-13, atol=1e-14).y[:, -1]
         J1 = J0 + h * Jd
-        Phi, Qh, Jh = fl._step(J0, J1, V0, V0 + h * Vd, h)
-        c = fl._forced(Jh, J0, J1, s0, s0 + h * sd, h)
+        Phi, Qh, Jh, levels = fl._step(J0, J1, V0, V0 + h * Vd, h)
+        c = fl._forced(Jh, levels, fl._mean_forcing(J0, J1, s0, s0 + h * sd, h))
         return np.array([np.abs(Phi @ S0 @ Phi.T + Qh - x[:d * d].reshape(d, d)).max(),
                          np.abs(Phi @ b0 + c - x[d * d:]).max()])
 

@@ -389,38 +389,46 @@ def finite_n_drift(system: OdeSystem, y, J=None) -> np.ndarray:
     return out - 0.5 * J @ system.rhs(y)
 
 
-def _leading(w, cutoff):
-    """Mask of the largest eigenvalues ``w`` holding all but ``cutoff`` of their (positive) sum."""
-    w = np.where(w > 0, w, 0.0)
-    total = w.sum()
-    if total <= 0:
-        return np.zeros(w.shape, bool)
+def _directions(Sigma, cutoff):
+    """Weights ``w`` and unit directions ``U`` (d, m) with ``Sigma = U diag(w) U^T`` for a symmetric PSD
+    ``Sigma``, all but ``cutoff`` of its trace kept: the columns of its Cholesky factor (a jitter of 1e-13 x
+    its largest entry makes a singular ``Sigma`` definite), or its eigenvectors where that fails. Any such
+    factor gives ``H : Sigma = sum_i w_i u_i^T H u_i``; the Cholesky factor costs a tenth of an eigensolve."""
+    S_ = (Sigma + Sigma.T) / 2
+    scale = float(np.max(np.abs(S_)))
+    if scale == 0.0:
+        return np.zeros(0), np.zeros((S_.shape[0], 0))
+    try:
+        L = np.linalg.cholesky(S_ + 1e-13 * scale * np.eye(S_.shape[0]))
+        w = np.sum(L * L, axis=0)
+        U = L / np.sqrt(w)
+    except np.linalg.LinAlgError:
+        w, U = np.linalg.eigh(S_)
+        w = np.maximum(w, 0.0)
     order = np.argsort(w)[::-1]
-    n = int(np.searchsorted(np.cumsum(w[order]), (1 - cutoff) * total)) + 1
-    mask = np.zeros(w.shape, bool)
-    mask[order[:n]] = True
-    return mask
+    n = int(np.searchsorted(np.cumsum(w[order]), (1 - cutoff) * w.sum())) + 1
+    keep = order[:min(n, w.size)]
+    return w[keep], U[:, keep]
 
 
 def hessian_contraction(f_many, y, Sigma, J=None, rel_step: float | None = None, cutoff: float = 1e-4) -> np.ndarray:
     """``H : Sigma = sum_jk d^2 f / dy_j dy_k Sigma_jk`` for a symmetric PSD ``Sigma``, by finite
-    differences along its leading eigenvectors ``e`` (all but ``cutoff`` of its trace): central
+    differences along the directions of :func:`_directions` (all but ``cutoff`` of its trace): central
     second differences, or, given the Jacobian ``J`` at ``y``, the one-sided
-    ``2 (f(y + h e) - f(y) - h J e) / h^2`` (half the evaluations; J's own error enters divided by
-    ``h``, hence the larger default step: within 0.25% of the central form on the cases of
-    ``benchmarks/bench_fluctuations.py``). ``h = rel_step max(1, |y|)``, ``rel_step`` 1e-4 (central)
-    or 1e-3 (one-sided) by default. ``f_many`` maps the rows of an array (:meth:`OdeSystem.rhs_many`)."""
-    w, U = np.linalg.eigh((Sigma + Sigma.T) / 2)
-    keep = _leading(w, cutoff)
-    rel_step = (1e-4 if J is None else 1e-3) if rel_step is None else rel_step
+    ``2 (f(y + h e) - f(y) - h J e) / h^2`` (half the evaluations). ``h = rel_step max(1, |y|)``,
+    ``rel_step`` 1e-4 by default (with the closed-form ``J``: within 2e-5 of the exact contraction on the
+    cases of ``benchmarks/bench_fluctuations.py``). ``f_many`` maps the rows of an array
+    (:meth:`OdeSystem.rhs_many`)."""
+    w, U = _directions(Sigma, cutoff)
+    rel_step = 1e-4 if rel_step is None else rel_step
     h = rel_step * max(1.0, float(np.max(np.abs(y))))
-    E = h * U[:, keep].T
+    E = h * U.T
     m = E.shape[0]
     if J is None:
         values = f_many(np.concatenate((y[None], y + E, y - E)))
-        return w[keep] @ (values[1:m + 1] + values[m + 1:] - 2 * values[0]) / (h * h)
+        return w @ (values[1:m + 1] + values[m + 1:] - 2 * values[0]) / (h * h)
     values = f_many(np.concatenate((y[None], y + E)))
-    return 2 * w[keep] @ (values[1:] - values[0] - E @ J.T) / (h * h)
+    return 2 * w @ (values[1:] - values[0] - E @ J.T) / (h * h)
 
 
 # --------------------------------------------------------------------------------------
@@ -441,11 +449,11 @@ def _halvings(J, h) -> int:
 def _step(J0, J1, V0, V1, h):
     """One step of :func:`propagate` over ``h`` for ``Sigma``: ``J`` and ``V`` linear between their end
     values, to second order in the Magnus expansion (theory/finite_size.md eq. P1). Returns ``Phi``,
-    ``Qh`` (``Sigma_1 = Phi Sigma_0 Phi^T + Qh``) and the step's ``J``; with the step's ``J``, ``V``:
-    ``Phi = e^{hJ}``, ``Qh = int_0^h e^{tJ} V e^{tJ^T} dt``, both from the exponential of
+    ``Qh`` (``Sigma_1 = Phi Sigma_0 Phi^T + Qh``), the step's ``J`` and the doubling's ``levels``; with the
+    step's ``J``, ``V``: ``Phi = e^{hJ}``, ``Qh = int_0^h e^{tJ} V e^{tJ^T} dt``, both from the exponential of
     ``h' [[-J, c V], [0, J^T]]`` (Van Loan; ``c`` scales ``V`` to ``J``'s size) over ``h' = h / 2^m`` with
     ``h' ||J|| <= 1`` (:func:`_halvings`), then doubled ``m`` times: ``Q(2t) = Q(t) + Phi(t) Q(t) Phi(t)^T``,
-    ``Phi(2t) = Phi(t)^2``."""
+    ``Phi(2t) = Phi(t)^2``. ``levels = (h', [Phi(h'), Phi(2h'), ...])`` serve :func:`_forced`."""
     d = J0.shape[0]
     J = 0.5 * (J0 + J1) + h / 12 * (J1 @ J0 - J0 @ J1)
     V = 0.5 * (V0 + V1) + h / 12 * (_lyap(J1, V0) - _lyap(J0, V1))
@@ -457,27 +465,34 @@ def _step(J0, J1, V0, V1, h):
     E = expm(B * hs)
     Phi = np.ascontiguousarray(E[d:, d:].T)
     Qh = Phi @ E[:d, d:] / c
+    powers = []
     for _ in range(halvings):
+        powers.append(Phi)
         Qh = Qh + Phi @ Qh @ Phi.T
         Phi = Phi @ Phi
-    return Phi, (Qh + Qh.T) / 2, J
+    return Phi, (Qh + Qh.T) / 2, J, (hs, powers)
 
 
-def _forced(J, J0, J1, s0, s1, h):
-    """``int_0^h e^{tJ} s dt`` for the step's ``J`` (:func:`_step`) and the bias forcing ``s`` linear
-    between ``s0`` and ``s1`` (Magnus term ``h/12 (J1 s0 - J0 s1)``, eq. P1): the top right column of
-    ``exp(h' [[J, s], [0, 0]])`` over ``h' = h / 2^m`` (as in :func:`_step`), doubled ``m`` times:
-    ``c(2t) = c(t) + Phi(t) c(t)``."""
-    d = J.shape[0]
-    halvings = _halvings(J, h)
-    hs = h / 2**halvings
-    B = np.zeros((d + 1, d + 1))
-    B[:d, :d], B[:d, d] = J * hs, (0.5 * (s0 + s1) + h / 12 * (J1 @ s0 - J0 @ s1)) * hs
-    E = expm(B)
-    Phi, c = E[:d, :d], E[:d, d]
-    for _ in range(halvings):
+def _mean_forcing(J0, J1, s0, s1, h):
+    """The step's bias forcing for ``s`` linear between ``s0`` and ``s1``: ``(s0 + s1) / 2 + h/12 (J1 s0 - J0 s1)``
+    (Magnus term of eq. P1)."""
+    return 0.5 * (s0 + s1) + h / 12 * (J1 @ s0 - J0 @ s1)
+
+
+def _forced(J, levels, s):
+    """``int_0^h e^{tJ} s dt`` for the step's ``J`` and forcing ``s`` (:func:`_step`): the Taylor series
+    ``sum_k h'^(k+1) J^k s / (k+1)!`` over ``h'`` (``h' ||J||_1 <= 1``: 20 terms reach rounding), then
+    doubled with the step's powers of ``Phi``: ``c(2t) = c(t) + Phi(t) c(t)``. Matrix-vector products only."""
+    hs, powers = levels
+    term = hs * s
+    c = term.copy()
+    for k in range(1, 30):
+        term = (hs / (k + 1)) * (J @ term)
+        c += term
+        if np.abs(term).max() <= 1e-17 * np.abs(c).max():
+            break
+    for Phi in powers:
         c = c + Phi @ c
-        Phi = Phi @ Phi
     return c
 
 
@@ -517,11 +532,11 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     for k in range(n - 1):
         J1, V1 = node(k + 1)
         h = nodes[k + 1] - nodes[k]
-        Phi, Qh, J = _step(J0, J1, V0, V1, h)
+        Phi, Qh, J, levels = _step(J0, J1, V0, V1, h)
         Sig[k + 1] = Phi @ Sig[k] @ Phi.T + Qh
         if bias:  # the forcing at k + 1 needs Sigma there
             s1 = forcing(k + 1, J1)
-            bb[k + 1] = Phi @ bb[k] + _forced(J, J0, J1, s0, s1, h)
+            bb[k + 1] = Phi @ bb[k] + _forced(J, levels, _mean_forcing(J0, J1, s0, s1, h))
             s0 = s1
         J0, V0 = J1, V1
     return Sig, bb
@@ -596,12 +611,11 @@ def eps_g_moments(system: OdeSystem, ys, Sigmas, bs, N: int, rel_step: float = 1
     h, hh = rel_step * scale, 1e-3 * scale
     rows, parts = [], []
     for y, S_, hk, hhk in zip(ys, Sigmas, h, hh):  # per state: y, y +- h e_j, y +- hh u_i (u: eigenvectors)
-        w, U = np.linalg.eigh((S_ + S_.T) / 2)
-        keep = _leading(w, 1e-6)
-        P = (U[:, keep] * hhk).T
+        w, U = _directions(S_, 1e-6)
+        P = (U * hhk).T
         E = np.eye(d) * hk
         rows.append(np.concatenate((y[None], y + E, y - E, y + P, y - P)))
-        parts.append(w[keep])
+        parts.append(w)
     e_all, qr_all = _observables(system, np.concatenate(rows))
     nq = qr_all.shape[1]
     eps_sd, eps_bias, qr_sd, qr_bias = np.zeros(n), np.zeros(n), np.zeros((n, nq)), np.zeros((n, nq))
