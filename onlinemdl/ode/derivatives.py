@@ -229,15 +229,21 @@ def _jacobian(system, y):
     else:
         G, S = st["Q"], st["R"]
         dG, dS = take(("sym", K)), take((K, M))
-        C, dC = np.eye(K), np.zeros((d, K, K))
-        Lm, dLm = system.P, np.zeros((d, K, K))
+        C, Lm = np.eye(K), system.P
+    moving = modes and bool(flags[TRAIN_LAM] or flags[TRAIN_A])  # C = A diag(lam) changes with the state
     v = st["v"]
     dv = take((K,)) if flags[TRAIN_V] else np.zeros((d, K))
     CG = C @ G
-    dCG = dC @ G + C @ dG
     Q, R = CG @ C.T, C @ S
-    dQ = dCG @ C.T + CG @ dC.transpose(0, 2, 1)
-    dR = dC @ S + C @ dS
+    if moving:
+        dCG = dC @ G + C @ dG
+        dQ = dCG @ C.T + CG @ dC.transpose(0, 2, 1)
+        dR = dC @ S + C @ dS
+    elif modes:
+        dCG = C @ dG
+        dQ, dR = dCG @ C.T, C @ dS
+    else:
+        dCG, dQ, dR = dG, dG, dS
     Sig = np.block([[Q, R], [R.T, system.T]])
     dSig = np.zeros((d, K + M, K + M))
     dSig[:, :K, :K], dSig[:, :K, K:], dSig[:, K:, :K] = dQ, dR, dR.transpose(0, 2, 1)
@@ -255,12 +261,13 @@ def _jacobian(system, y):
     eta, inv_b, kappa = rates[ETA], rates[INV_BATCH], rates[DECAY]
     out = []
     if flags[TRAIN_N]:  # dG/da = -eta (Lm X + (Lm X)^T) + (eta^2/b) Lm D Lm^T - 2 eta kappa G
-        LX = dLm @ X + Lm @ dX
-        LD = dLm @ D @ Lm.T
-        dGo = -eta * (LX + LX.transpose(0, 2, 1)) + eta * eta * inv_b * (LD + LD.transpose(0, 2, 1) + Lm @ dD @ Lm.T) \
-            - 2.0 * eta * kappa * dG
+        LX, LD, LXv = Lm @ dX, Lm @ dD @ Lm.T, Lm @ dXv
+        if moving:
+            LX, LXv = LX + dLm @ X, LXv + dLm @ Xv
+            LD = LD + dLm @ D @ Lm.T + (dLm @ D @ Lm.T).transpose(0, 2, 1)
+        dGo = -eta * (LX + LX.transpose(0, 2, 1)) + eta * eta * inv_b * LD - 2.0 * eta * kappa * dG
         iu = np.triu_indices(G.shape[0])
-        out += [dGo[:, iu[0], iu[1]], (-eta * (dLm @ Xv + Lm @ dXv) - eta * kappa * dS).reshape(d, -1)]
+        out += [dGo[:, iu[0], iu[1]], (-eta * LXv - eta * kappa * dS).reshape(d, -1)]
     else:
         out.append(np.zeros((d, G.shape[0] * (G.shape[0] + 1) // 2 + S.size)))
     if modes and flags[TRAIN_LAM]:  # dlam_mu/da = -eta_lam sum_i A_imu X_imu

@@ -270,28 +270,23 @@ def _linear_map(system: OdeSystem, st, C, d):
     (``x = (s, u)``), as :func:`_increment_rows` builds it."""
     K, M = system.K, system.M
     r = C.shape[1]
-    eta = system.dynamics.eta
+    dyn = system.dynamics
     Mm = np.zeros((d, K, r + M))
-    off = 0
-    if system.dynamics.trains_n:
-        for x, (a, b) in enumerate(zip(*np.triu_indices(r))):  # -eta (dd_a s_b + s_a dd_b), dd = C^T delta
-            Mm[x, :, b] -= eta * C[:, a]
-            Mm[x, :, a] -= eta * C[:, b]
-        off = r * (r + 1) // 2
-        for a in range(r):  # -eta dd_a u_m
-            for m in range(M):
-                Mm[off + a * M + m, :, r + m] = -eta * C[:, a]
-    off = r * (r + 1) // 2 + r * M
-    if system.form == "modes":
-        p = r
-        if "lam" in system.train:  # -eta_lam sum_i A_imu delta_i s_mu
-            for mu in range(p):
-                Mm[off + mu, :, mu] = -system.dynamics.eta_lam * st["A"][:, mu]
-            off += p
-        if "A" in system.train:  # -eta_A lam_mu delta_i s_mu
-            for i in range(K):
-                for mu in range(p):
-                    Mm[off + i * p + mu, i, mu] = -system.dynamics.eta_A * st["lam"][mu]
+    nq = r * (r + 1) // 2
+    if dyn.trains_n:
+        a, b = np.triu_indices(r)
+        rows = np.arange(nq)
+        Mm[rows, :, b] -= dyn.eta * C[:, a].T  # -eta (dd_a s_b + s_a dd_b), dd = C^T delta
+        Mm[rows, :, a] -= dyn.eta * C[:, b].T
+        a, m = np.divmod(np.arange(r * M), M)
+        Mm[nq + np.arange(r * M), :, r + m] = -dyn.eta * C[:, a].T  # -eta dd_a u_m
+    off = nq + r * M
+    if system.form == "modes" and "lam" in dyn.train:  # -eta_lam sum_i A_imu delta_i s_mu
+        Mm[off + np.arange(r), :, np.arange(r)] = -dyn.eta_lam * st["A"].T
+        off += r
+    if system.form == "modes" and "A" in dyn.train:  # -eta_A lam_mu delta_i s_mu
+        i, mu = np.divmod(np.arange(K * r), r)
+        Mm[off + np.arange(K * r), i, mu] = -dyn.eta_A * st["lam"][mu]
     return Mm
 
 
@@ -595,43 +590,43 @@ def _observables(system: OdeSystem, Y):
     return e, np.concatenate((Q.reshape(len(Q), -1), R.reshape(len(R), -1)), axis=1)
 
 
-def eps_g_moments(system: OdeSystem, ys, Sigmas, bs, N: int, rel_step: float = 1e-5):
+def eps_g_moments(system: OdeSystem, ys, Sigmas, bs, N: int, rel_step: float = 1e-4):
     """Predicted moments across runs at the states ``ys`` (n, d) with ``Sigmas`` (n, d, d) and
     ``bs`` (n, d): ``(eps_sd, eps_bias, qr_sd, qr_bias)`` of shapes (n,), (n,), (n, nq), (n, nq).
 
     ``eps_sd = sqrt(grad e . Sigma grad e / N)``, ``eps_bias = (grad e . b + tr(Hess e Sigma)/2) / N``
     for ``e`` = eps_g of the state (label noise excluded); the same for the ``nq`` entries of ``Q``
     and ``R`` (flattened, ``Q`` first; linear in the state except for trained ``A``, ``lam``).
-    Gradients by central differences (step ``rel_step`` x the state's scale), the Hessian terms
-    along the leading eigenvectors of ``Sigma``; all states' evaluations in one batch.
+    With ``Sigma = sum_i w_i u_i u_i^T`` (:func:`_directions`), ``grad e . Sigma grad e = sum_i w_i
+    (grad e . u_i)^2`` and ``tr(Hess e Sigma) = sum_i w_i u_i^T Hess e u_i``: central first and second
+    differences along each ``u_i`` and along ``b`` (step ``rel_step`` x the state's scale), all states'
+    evaluations in one batch.
     """
     ys = np.atleast_2d(np.asarray(ys, float))
     n, d = ys.shape
-    scale = np.maximum(1.0, np.max(np.abs(ys), axis=1))
-    h, hh = rel_step * scale, 1e-3 * scale
+    h = rel_step * np.maximum(1.0, np.max(np.abs(ys), axis=1))
     rows, parts = [], []
-    for y, S_, hk, hhk in zip(ys, Sigmas, h, hh):  # per state: y, y +- h e_j, y +- hh u_i (u: eigenvectors)
+    for y, S_, b, hk in zip(ys, Sigmas, bs, h):  # per state: y, y +- h u_i, y +- h b / |b|
         w, U = _directions(S_, 1e-6)
-        P = (U * hhk).T
-        E = np.eye(d) * hk
-        rows.append(np.concatenate((y[None], y + E, y - E, y + P, y - P)))
-        parts.append(w)
+        nb = float(np.linalg.norm(b))
+        P = np.concatenate((U, b[:, None] / nb), axis=1).T * hk if nb > 0 else U.T * hk
+        rows.append(np.concatenate((y[None], y + P, y - P)))
+        parts.append((w, nb))
     e_all, qr_all = _observables(system, np.concatenate(rows))
     nq = qr_all.shape[1]
     eps_sd, eps_bias, qr_sd, qr_bias = np.zeros(n), np.zeros(n), np.zeros((n, nq)), np.zeros((n, nq))
     lo = 0
-    for k, (w, S_, b) in enumerate(zip(parts, Sigmas, bs)):
-        m = w.size
-        e, qr = e_all[lo:lo + 1 + 2 * d + 2 * m], qr_all[lo:lo + 1 + 2 * d + 2 * m]
-        lo += 1 + 2 * d + 2 * m
-        ge = (e[1:d + 1] - e[d + 1:2 * d + 1]) / (2 * h[k])
-        gqr = (qr[1:d + 1] - qr[d + 1:2 * d + 1]).T / (2 * h[k])  # (nq, d)
-        he = np.sum(w * (e[2 * d + 1:2 * d + 1 + m] + e[2 * d + 1 + m:] - 2 * e[0])) / hh[k] ** 2
-        hqr = w @ (qr[2 * d + 1:2 * d + 1 + m] + qr[2 * d + 1 + m:] - 2 * qr[0]) / hh[k] ** 2
-        eps_sd[k] = math.sqrt(max(ge @ S_ @ ge, 0.0) / N)
-        qr_sd[k] = np.sqrt(np.maximum(np.sum((gqr @ S_) * gqr, axis=1), 0.0) / N)
-        eps_bias[k] = (ge @ b + 0.5 * he) / N
-        qr_bias[k] = (gqr @ b + 0.5 * hqr) / N
+    for k, (w, nb) in enumerate(parts):
+        m, p = w.size, w.size + (nb > 0)
+        e, qr = e_all[lo:lo + 1 + 2 * p], qr_all[lo:lo + 1 + 2 * p]
+        lo += 1 + 2 * p
+        de, dqr = (e[1:p + 1] - e[p + 1:]) / (2 * h[k]), (qr[1:p + 1] - qr[p + 1:]) / (2 * h[k])  # along u_i (and b)
+        he = w @ (e[1:m + 1] + e[p + 1:p + 1 + m] - 2 * e[0]) / h[k] ** 2
+        hqr = w @ (qr[1:m + 1] + qr[p + 1:p + 1 + m] - 2 * qr[0]) / h[k] ** 2
+        eps_sd[k] = math.sqrt(w @ de[:m] ** 2 / N)
+        qr_sd[k] = np.sqrt(w @ dqr[:m] ** 2 / N)
+        eps_bias[k] = (nb * de[m:].sum() + 0.5 * he) / N
+        qr_bias[k] = (nb * dqr[m:].sum(axis=0) + 0.5 * hqr) / N
     return eps_sd, eps_bias, qr_sd, qr_bias
 
 
