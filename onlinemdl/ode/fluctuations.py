@@ -31,7 +31,6 @@ from ..dynamics import ACT, DECAY, ETA, ETA_A, ETA_LAM, ETA_V, INV_BATCH, SIGMA,
 from ..gaussian import LINEAR, dg, g, joint_covariance
 from ..runsetup import check_int, check_number
 from .derivatives import field_average_derivatives
-from .kernels import field_averages
 from .system import OdeSystem
 
 #: log2 of the number of quasi-Monte Carlo points of :func:`noise_covariance` (the part of ``V`` outside the
@@ -347,7 +346,8 @@ def finite_n_drift(system: OdeSystem, y, J=None) -> np.ndarray:
     ``eta^2 kappa^2 G + eta^2 kappa (X + X^T) + (eta^2/b) E[d d^T (|z|^2 - r)]
     + eta^2 (b-1)/b m m^T`` with ``X = E[d s^T]``, ``E[d d^T (|z|^2 - r)] = 2 d/dt E_{t Sigma}[d d^T]``
     at ``t = 1`` (Price's theorem; the label noise is not scaled) and ``m m^T = E[d f^T]
-    Cov(f)^+ E[f d^T]`` (the cross products of two samples of a batch). To it is added
+    Cov(f)^+ E[f d^T]`` (the cross products of two samples of a batch), with ``d/dt E_{t Sigma}[d d^T] =
+    sum_pq Sigma_pq dE[d d^T]/dSigma_pq`` from the closed-form gradient. To it is added
     ``-J f / 2``: N Euler steps of size 1/N follow the flow of ``f + (f_1 - J f / 2) / N``.
     ``J`` (the Jacobian at ``y``) is computed when not given.
     """
@@ -359,7 +359,7 @@ def finite_n_drift(system: OdeSystem, y, J=None) -> np.ndarray:
         eta, kappa, b, act = dyn.eta, dyn.weight_decay, dyn.batch, system.act
         K, r, M = system.K, G.shape[0], system.M
         Sig, c = _fields(system, st, G, S, C)
-        Phi, psi, D, _ = field_averages(Sig, K, c, dyn.sigma, act)
+        Phi, psi, D, _, _, _, gD, _, _, _ = field_average_derivatives(Sig, K, c, dyn.sigma, act)
         # E[delta (s, u)^T]: Cov((h, u), (s, u)) and Cov(h_i, (s, u))
         Cf = joint_covariance(G, S, system.T)  # (s, u)
         Hmap = np.zeros((K + M, r + M))
@@ -368,13 +368,7 @@ def finite_n_drift(system: OdeSystem, y, J=None) -> np.ndarray:
         Y = Phi @ Chf - psi[:, None] * Chf[:K]
         dY = C.T @ Y  # E[d (s, u)^T], r x (r + M)
         X = dY[:, :r]
-        # 2 d/dt E_{t Sig}[d d^T] at t = 1, central differences (Richardson)
-        def dd(t):
-            return C.T @ field_averages(np.ascontiguousarray(t * Sig), K, c, dyn.sigma, act)[2] @ C
-        e = 1e-3
-        d1 = (dd(1 + e) - dd(1 - e)) / (2 * e)
-        d2 = (dd(1 + e / 2) - dd(1 - e / 2)) / e
-        ddz = 2.0 * (4 * d2 - d1) / 3
+        ddz = 2.0 * C.T @ np.einsum("abpq,pq->ab", gD, Sig) @ C  # 2 d/dt E_{t Sig}[d d^T] at t = 1 = 2 gD : Sig
         f1G = eta**2 * kappa**2 * G + eta**2 * kappa * (X + X.T) + eta**2 / b * ddz
         if b > 1:
             f1G = f1G + eta**2 * (b - 1) / b * dY @ np.linalg.pinv(Cf, rcond=1e-12, hermitian=True) @ dY.T
