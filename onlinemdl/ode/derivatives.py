@@ -3,7 +3,7 @@
 :func:`field_average_derivatives` differentiates the Gaussian averages of
 :func:`~onlinemdl.ode.kernels.field_averages` with respect to the field covariance ``Sig`` and the
 second-layer coefficients ``c`` (the chain rule through the closed forms of I2, I3, J2 and I4,
-Saad & Solla 1995 eq. A6; theory/finite_size.md §3). :func:`jacobian` carries those derivatives through the
+Saad & Solla 1995 eq. A6; theory/finite_size.md §4). :func:`jacobian` carries those derivatives through the
 state's map to ``(Sig, c)`` and through the right-hand side's matrix algebra, for all state
 directions at once. A gradient ``g`` with respect to the symmetric ``Sig`` is stored as a symmetric
 matrix with ``d f = sum_pq g_pq dSig_pq`` (each off-diagonal entry counted twice).
@@ -182,7 +182,7 @@ def averages_jvp(parts, Sig, c, dSig, dc, act):
 
 def jacobian(system, y) -> np.ndarray:
     """Jacobian of ``system.rhs`` (an :class:`~onlinemdl.ode.OdeSystem`) at the state vector ``y``, in
-    closed form (theory/finite_size.md §3).
+    closed form (theory/finite_size.md §4).
 
     Every form: the state's directions are mapped to the field covariance ``Sig`` and the
     coefficients ``c = (v, -vt)``, the averages' derivatives (:func:`field_average_derivatives`)

@@ -6,12 +6,14 @@ Derivations: ``theory/finite_size.md``; every equation there names its function 
 
 * :func:`increments`: N x (change of the state vector in one SGD step) at given field values
   (one sample), the random variable whose mean is the right-hand side;
-* :func:`noise_covariance`: ``V(y)``, the covariance of that increment (per step, times N^2),
-  by a randomised quasi-Monte Carlo cubature over the Gaussian fields (verified against plain
-  Monte Carlo in ``tests/test_fluctuations.py``);
+* :func:`noise_covariance`: ``V(y)``, the covariance of that increment (per step, times N^2): the
+  terms linear in ``delta`` in closed form (:func:`linear_noise`, Stein's lemma and Price's theorem),
+  the rest by a randomised quasi-Monte Carlo cubature over the Gaussian fields (verified against
+  plain Monte Carlo in ``tests/test_fluctuations.py``);
 * :func:`finite_n_drift`: ``f_1(y)``, the O(1/N) part of the exact finite-N mean step (Gram
   chain), in closed form (Price's theorem for the ``|x|^2`` term), with the ``-J f / 2`` of
   the discrete time step;
+* the Jacobian ``J`` is :meth:`OdeSystem.jacobian`, in closed form (``ode/derivatives.py``);
 * :func:`propagate`: ``Sigma`` (``dSigma/da = J Sigma + Sigma J^T + V``) and ``b``
   (``db/da = J b + H:Sigma/2 + f_1``) along an ODE solution, exponential (Van Loan) steps;
 * :func:`eps_g_moments`: the mean shift and the standard deviation of ``eps_g`` and of ``Q``,
@@ -33,11 +35,12 @@ from ..runsetup import check_int, check_number
 from .derivatives import field_average_derivatives
 from .system import OdeSystem
 
-#: log2 of the number of quasi-Monte Carlo points of :func:`noise_covariance` (the part of ``V`` outside the
-#: closed form), one more when ``v`` is trained (its increments lie wholly outside): 2^10 changes the predicted
-#: sd of eps_g by under 0.7% and of Q by under 0.6% against 2^16 (benchmarks/bench_fluctuations.py cases);
-#: every entry of ``V`` stays within 2% of the converged one in the cases of tests/test_fluctuations.py.
+#: log2 of the quasi-Monte Carlo points of :func:`noise_covariance` for the part of ``V`` outside the closed form
+#: (2^10: the predicted sd of eps_g and Q within 0.7% of 2^16 on the cases of benchmarks/bench_fluctuations.py) and
+#: for the whole ``V`` (2^13), which it takes where that part is more than ``SPLIT_SHARE`` of ``V`` (theory §2).
 QMC_LOG2 = 10
+QMC_FULL = 13
+SPLIT_SHARE = 0.05
 _SQRT2 = math.sqrt(2.0)
 _DG = math.sqrt(2.0 / math.pi)
 _POINTS: dict = {}
@@ -199,31 +202,45 @@ def noise_covariance(system: OdeSystem, y, log2: int | None = None, return_mean:
     terms linear in ``delta`` (``-eta (dd s^T + s dd^T)``, ``-eta dd u^T``, the ``lam`` and ``A``
     increments), has its covariance in closed form (:func:`linear_noise`); the cross covariance
     with the rest ``F2`` (``(eta^2/b) dd dd^T``, the ``v`` increments) and that of ``F2`` itself,
-    which have none, come from randomised quasi-Monte Carlo (``2^log2`` scrambled Sobol points,
-    default :data:`QMC_LOG2` (+1 with ``v`` trained), in ``r + rank(T)`` dimensions mapped to the fields by
-    :func:`_field_factor`, plus one for the label noise). ``split=False``: the whole ``Cov(F)`` by
-    the cubature (a check). Fluctuations of ``|x|^2 / N`` and of the cross products of a batch
-    enter at O(N^-1/2) and are left out. With ``return_mean``, also the cubature's mean of ``F``
-    (equal to ``system.rhs(y)`` up to the cubature error: a check).
+    which have none, come from randomised quasi-Monte Carlo (``2^log2`` scrambled Sobol points in
+    ``r + rank(T)`` dimensions mapped to the fields by :func:`_field_factor`, plus one for the label
+    noise; ``log2`` default :data:`QMC_LOG2`). Where that part exceeds :data:`SPLIT_SHARE` of ``V`` (small
+    weights, large ``eta``), the whole ``V`` comes from the cubature instead (``2^QMC_FULL`` points): there
+    ``F1`` and ``F2`` cancel in the directions that matter and the separate terms' errors do not.
+    ``split=False``: the whole ``Cov(F)`` by the cubature always (``2^QMC_FULL`` points by default).
+    Fluctuations of ``|x|^2 / N`` and of the cross products of a batch enter at O(N^-1/2) and are
+    left out. With ``return_mean``, also the cubature's mean of ``F`` (equal to ``system.rhs(y)`` up
+    to the cubature error: a check).
     """
     args = _increment_args(system, y)
-    d = args[-1]
+    d, b = args[-1], system.dynamics.batch
     if split:
         V, m1, m2, rest = linear_noise(system, y)
-    else:
-        m1, m2, rest = system.rhs(y), np.zeros(d), np.arange(0)
-    mean = m1 + m2
-    if split and rest.size == 0:  # nothing outside the closed form
-        V = V / system.dynamics.batch
-        return (V, mean) if return_mean else V
+        mean = m1 + m2
+        if rest.size:
+            dm, (cross, second) = _cubature(system, args, np.stack((m1, m2)), QMC_LOG2 if log2 is None else log2, rest)
+            split = max(np.abs(cross).max(), np.abs(second).max()) <= SPLIT_SHARE * np.abs(V).max()
+            if split:
+                V[:, rest] += cross
+                V[rest, :] += cross.T
+                V[np.ix_(rest, rest)] += second
+                V = _psd(V)
+                mean += dm
+    if not split:
+        mean = system.rhs(y)
+        dm, V = _cubature(system, args, np.stack((mean, np.zeros(d))), QMC_FULL if log2 is None else log2)
+        mean = mean + dm
+    return (V / b, mean) if return_mean else V / b
+
+
+def _cubature(system, args, shift, log2, rest=None):
+    """The cubature of :func:`noise_covariance` over ``2^log2`` points: ``(mean - shift, Cov(F))``, or with
+    ``rest`` (the entries where ``F2`` is not zero) ``(mean - shift, (Cov(F1, F2), Cov(F2)))``."""
     G, S = args[1], args[2]
     L = _field_factor(G, S, system.T)
     noisy = system.dynamics.sigma > 0
-    if log2 is None:
-        log2 = QMC_LOG2 + ("v" in system.train)
     Z = _normal_points(L.shape[1] + noisy, log2)
-    n = Z.shape[0]
-    shift = np.stack((m1, m2))  # the exact means: the sums below stay free of cancellation
+    n, split = Z.shape[0], rest is not None
     t1, t2, cross, second = 0.0, 0.0, 0.0, 0.0
     for lo in range(0, n, 2048):  # in chunks that stay in cache
         F, F2 = _increment_rows(Z[lo:lo + 2048], L, noisy, shift, split, *args)
@@ -236,19 +253,12 @@ def noise_covariance(system: OdeSystem, y, log2: int | None = None, return_mean:
         else:
             second = second + F.T @ F
     dm1 = t1 / n
-    if split:
-        dm2 = t2 / n
-        cross = cross / n - np.outer(dm1, dm2)
-        V[:, rest] += cross
-        V[rest, :] += cross.T
-        V[np.ix_(rest, rest)] += second / n - np.outer(dm2, dm2)
-        mean[rest] += dm2
-        V = _psd(V)
-    else:
-        V = second / n - np.outer(dm1, dm1)
-    mean += dm1
-    V = V / system.dynamics.batch
-    return (V, mean) if return_mean else V
+    if not split:
+        return dm1, second / n - np.outer(dm1, dm1)
+    dm2 = t2 / n
+    dm = dm1.copy()
+    dm[rest] += dm2
+    return dm, (cross / n - np.outer(dm1, dm2), second / n - np.outer(dm2, dm2))
 
 
 def _psd(V):
