@@ -4,7 +4,9 @@
 (ii)  K = M = 8 to alpha = 1000: adaptive (default) vs our Euler at step 0.01;
 (iii) the published mode-learning run (N = 30, K = M = 8, p = 3, only Xi trained, eta = 5, alpha to 1e5):
       adaptive vs Euler at step 1/N (Euler timed over a shorter span and scaled);
-(iv)  one right-hand side against K = M = 8, 16, 32, 64 (its I4 sums grow as K^2 (K + M)^2).
+(iv)  one right-hand side against K = M = 8, 16, 32, 64 (its I4 sums grow as K^2 (K + M)^2);
+(v)   the Jacobian at K = M = 8 (d = 100): closed form vs forward differences (d + 1 right-hand sides in one
+      compiled call) and vs Richardson-extrapolated central differences (4d, the fixed points' old Jacobian).
 
 Run: python benchmarks/bench_ode.py
 """
@@ -113,6 +115,19 @@ def main():
     costs = {K: float(np.median(rhs_cost(K, repeat=3))) for K in (8, 16, 32, 64)}
     print("(iv)  one RHS (CPU time): " + "   ".join(f"K = M = {K}: {1e3 * t:8.3f} ms" for K, t in costs.items())
           + f"   growth exponent 32 -> 64: {np.log2(costs[64] / costs[32]):.2f}")
+    jacobian_cost()
+
+
+def jacobian_cost():
+    """(v): the closed-form Jacobian against finite differences, K = M = 8."""
+    student, teacher = om.Student.full(1000, 8, seed=2), om.Teacher.random(1000, 8, seed=1)
+    system, state = OdeSystem.from_networks(student, teacher, eta=1.0)
+    y = system.pack(state)
+    exact, fd1, fd4 = (median_time(lambda o=o: system.jacobian(y, order=o), repeat=7, number=5) for o in (None, 1, 4))
+    diff = np.abs(system.jacobian(y) - system.jacobian(y, order=4)).max() / np.abs(system.jacobian(y)).max()
+    print(f"(v)   Jacobian, K = M = 8 (d = {y.size}): closed form {exact * 1e3:6.2f} ms   forward differences "
+          f"{fd1 * 1e3:6.2f} ms (ratio {fd1 / exact:4.1f}x)   order 4 {fd4 * 1e3:6.2f} ms (ratio {fd4 / exact:4.1f}x);   "
+          f"closed form - order 4: {diff:.1e} of the largest entry")
 
 
 if __name__ == "__main__":

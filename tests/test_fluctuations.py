@@ -157,6 +157,39 @@ def test_field_factor_reproduces_a_rank_deficient_field_covariance():
     np.testing.assert_allclose(L @ L.T, np.block([[G, S], [S.T, T]]), atol=1e-10)
 
 
+def test_noise_covariance_splits_only_where_the_closed_form_dominates():
+    """Large weights, K = M = 6 (the cubature's part is 2.4% of V): the closed form plus 2^10 points, within 2%
+    of the whole V at 2^16 points (itself about 1% from converged at this size) and within 1% of the split at
+    2^16; small weights (the student's fields tiny, the eta^2 terms dominate): the
+    whole V by the cubature at 2^13 points, exactly as with split=False."""
+    large = om.Student.full(1000, 6, seed=2), om.Teacher.random(1000, 6, seed=1)
+    small = om.Student.full(1000, 3, seed=1, init="small", v=np.ones(3)), om.Teacher.orthonormal(1000, 3, seed=0, vt=np.ones(3))
+    for (student, teacher), split in ((large, True), (small, False)):
+        system, state = OdeSystem.from_networks(student, teacher, eta=1.0)
+        y = system.pack(state)
+        V = fl.noise_covariance(system, y)
+        whole = fl.noise_covariance(system, y, split=False)
+        if split:
+            assert not np.array_equal(V, whole)
+            np.testing.assert_allclose(V, fl.noise_covariance(system, y, log2=16, split=False), atol=2e-2 * np.abs(V).max())
+            np.testing.assert_allclose(V, fl.noise_covariance(system, y, log2=16), atol=1e-2 * np.abs(V).max())
+        else:
+            np.testing.assert_array_equal(V, whole)
+
+
+def test_directions_factor_singular_and_rounded_covariances():
+    """``Sigma = sum_i w_i u_i u_i^T`` with unit ``u_i`` from the Cholesky factor, also for a singular Sigma
+    (the jitter makes it definite) and one made slightly indefinite by rounding (the eigenvectors instead)."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((6, 3))
+    for Sigma in (X @ X.T, X @ X.T - 1e-9 * np.eye(6)):
+        w, U = fl._directions(Sigma, 0.0)
+        np.testing.assert_allclose(np.linalg.norm(U, axis=0), 1.0)
+        np.testing.assert_allclose((U * w) @ U.T, Sigma, atol=1e-8)
+    w, U = fl._directions(np.zeros((6, 6)), 0.0)
+    assert w.size == 0 and U.shape == (6, 0)
+
+
 def test_noise_covariance_is_smooth_in_the_state():
     """Near the symmetric plateau (T = I: the field covariance has degenerate eigenvalues) a change
     of the state by 1e-7 moves V by O(1e-7); a factor from the eigenvectors of the whole covariance

@@ -206,7 +206,8 @@ def noise_covariance(system: OdeSystem, y, log2: int | None = None, return_mean:
     ``r + rank(T)`` dimensions mapped to the fields by :func:`_field_factor`, plus one for the label
     noise; ``log2`` default :data:`QMC_LOG2`). Where that part exceeds :data:`SPLIT_SHARE` of ``V`` (small
     weights, large ``eta``), the whole ``V`` comes from the cubature instead (``2^QMC_FULL`` points): there
-    ``F1`` and ``F2`` cancel in the directions that matter and the separate terms' errors do not.
+    ``F1`` and ``F2`` cancel in the directions that matter and the separate terms' errors do not. Between
+    half that share and the share the two are blended linearly, so that ``V`` stays continuous in the state.
     ``split=False``: the whole ``Cov(F)`` by the cubature always (``2^QMC_FULL`` points by default).
     Fluctuations of ``|x|^2 / N`` and of the cross products of a batch enter at O(N^-1/2) and are
     left out. With ``return_mean``, also the cubature's mean of ``F`` (equal to ``system.rhs(y)`` up
@@ -214,22 +215,25 @@ def noise_covariance(system: OdeSystem, y, log2: int | None = None, return_mean:
     """
     args = _increment_args(system, y)
     d, b = args[-1], system.dynamics.batch
+    weight = 0.0  # of the split
     if split:
-        V, m1, m2, rest = linear_noise(system, y)
-        mean = m1 + m2
+        V1, m1, m2, rest = linear_noise(system, y)
+        weight, mean, V = 1.0, m1 + m2, V1
         if rest.size:
             dm, (cross, second) = _cubature(system, args, np.stack((m1, m2)), QMC_LOG2 if log2 is None else log2, rest)
-            split = max(np.abs(cross).max(), np.abs(second).max()) <= SPLIT_SHARE * np.abs(V).max()
-            if split:
-                V[:, rest] += cross
-                V[rest, :] += cross.T
-                V[np.ix_(rest, rest)] += second
-                V = _psd(V)
-                mean += dm
-    if not split:
-        mean = system.rhs(y)
-        dm, V = _cubature(system, args, np.stack((mean, np.zeros(d))), QMC_FULL if log2 is None else log2)
-        mean = mean + dm
+            share = max(np.abs(cross).max(), np.abs(second).max()) / max(np.abs(V1).max(), 1e-300)
+            weight = min(1.0, max(0.0, 2.0 - share / SPLIT_SHARE * 2.0))  # 1 up to SPLIT_SHARE / 2, 0 from SPLIT_SHARE
+            V[:, rest] += cross
+            V[rest, :] += cross.T
+            V[np.ix_(rest, rest)] += second
+            mean += dm
+    if weight < 1.0:  # the whole V by the cubature, blended in where the share is between SPLIT_SHARE / 2 and SPLIT_SHARE
+        rhs = system.rhs(y)
+        dm, Vc = _cubature(system, args, np.stack((rhs, np.zeros(d))), QMC_FULL if log2 is None else log2)
+        V = Vc if weight == 0.0 else weight * V + (1.0 - weight) * Vc
+        mean = rhs + dm if weight == 0.0 else weight * mean + (1.0 - weight) * (rhs + dm)
+    if weight > 0.0:
+        V = _psd(V)
     return (V / b, mean) if return_mean else V / b
 
 
