@@ -15,8 +15,9 @@ import math
 import numpy as np
 from numba import njit
 
-from ..dynamics import DECAY, ETA, ETA_A, ETA_LAM, ETA_V, INV_BATCH, SIGMA, TRAIN_A, TRAIN_LAM, TRAIN_N, TRAIN_V
+from ..dynamics import ACT, DECAY, ETA, ETA_A, ETA_LAM, ETA_V, INV_BATCH, SIGMA, TRAIN_A, TRAIN_LAM, TRAIN_N, TRAIN_V
 from ..gaussian import LINEAR
+from .kernels import fields_cov, mm, unpack_sym
 
 _2PI = 2.0 / math.pi
 _4PI2 = 4.0 / math.pi**2
@@ -159,121 +160,165 @@ def _i4_sum_derivatives(Sig, c, a, b, sigma, g, u):
     return total + sigma * sigma * j2
 
 
-def averages_jvp(parts, Sig, c, dSig, dc, act):
-    """Directional derivatives ``(dPhi, dpsi, dD, dIg)`` of the averages along ``m`` directions
-    ``(dSig, dc)`` of shapes (m, n, n), (m, n); ``parts``: :func:`field_average_derivatives` at ``(Sig, c)``."""
-    Phi, psi, D, Ig, phi0, dphi0, gD, Dc, gIg, I2m = parts
-    K, n = Phi.shape
-    m = dSig.shape[0]
-    diag, ddiag = 1.0 + np.diag(Sig), np.einsum("mkk->mk", dSig)
-    dl3 = diag[None, None, :] * ddiag[:, :K, None] + diag[None, :K, None] * ddiag[:, None, :] \
-        - 2.0 * Sig[None, :K, :] * dSig[:, :K, :]
-    dPhi = (c[:K, None] * c[None, :]) * dphi0 * dl3 \
-        + (dc[:, :K, None] * c[None, None, :] + c[None, :K, None] * dc[:, None, :]) * phi0
-    dpsi = np.zeros((m, K))
-    if act != LINEAR:  # psi_i = sum_k Phi_ik Sig_ik / (1 + Sig_ii)
-        dpsi = (np.einsum("mik,ik->mi", dPhi, Sig[:K]) + np.einsum("ik,mik->mi", Phi, dSig[:, :K])
-                - psi * ddiag[:, :K]) / diag[:K]
-    flat = dSig.reshape(m, n * n)
-    dD = (flat @ gD.reshape(K * K, n * n).T + dc @ Dc.reshape(K * K, n).T).reshape(m, K, K)
-    dIg = flat @ gIg.reshape(K, n * n).T + dc @ I2m.T
-    return dPhi, dpsi, dD, dIg
+@njit(cache=True)
+def jacobian_kernel(y, T, vt, v0, A0, lam0, P, rates, flags, modes):
+    """Jacobian of :func:`~onlinemdl.ode.kernels.rhs_any` at ``y`` (arguments as there), column by column:
+    each unit direction of the state mapped to ``(dSig, dc)``, contracted with the averages' derivatives
+    (:func:`field_average_derivatives`; ``dSig``'s nonzero entries only) and carried through the right-hand
+    side's algebra by the product rule. ``C = A diag(lam)`` and the left factor ``Lm = C^T`` (modes) or ``P``
+    (full and reduced forms)."""
+    K, M = v0.size, vt.size
+    n = K + M
+    eta, inv_b, kappa = rates[ETA], rates[INV_BATCH], rates[DECAY]
+    train_n, train_lam, train_A, train_v, act = flags[TRAIN_N], flags[TRAIN_LAM], flags[TRAIN_A], flags[TRAIN_V], flags[ACT]
+    p = lam0.size
+    if modes:
+        r = p
+        nq = r * (r + 1) // 2
+        G = unpack_sym(y, 0, r)
+        S = y[nq:nq + r * M].copy().reshape((r, M))
+        off = nq + r * M
+        lam = lam0
+        if train_lam:
+            lam = y[off:off + p].copy()
+            off += p
+        A = A0
+        if train_A:
+            A = y[off:off + K * p].copy().reshape((K, p))
+            off += K * p
+        C = A * lam.reshape((1, p))
+        Lm = np.ascontiguousarray(C.T)
+    else:
+        r = K
+        nq = r * (r + 1) // 2
+        G = unpack_sym(y, 0, r)
+        S = y[nq:nq + r * M].copy().reshape((r, M))
+        off = nq + r * M
+        lam, A = lam0, A0
+        C = np.eye(K)
+        Lm = P
+    v = y[off:off + K].copy() if train_v else v0
+    moving = modes and (train_lam or train_A)
+    CG = mm(C, G)
+    Q, R = mm(CG, np.ascontiguousarray(C.T)), mm(C, S)
+    Sig = fields_cov(Q, R, T)
+    c = np.concatenate((v, -vt))
+    Phi, psi, D, Ig, phi0, dphi0, gD, Dc, gIg, I2m = field_average_derivatives(Sig, K, c, rates[SIGMA], act)
+    Zs = np.empty((n, r))  # Cov(z, s)
+    Zs[:K], Zs[K:] = CG, S.T
+    X = mm(Phi, Zs)  # E[delta s^T]
+    Xv = mm(Phi, np.ascontiguousarray(Sig[:, K:]))  # E[delta u^T]
+    for i in range(K):
+        X[i] -= psi[i] * CG[i]
+        Xv[i] -= psi[i] * R[i]
+    d = y.size
+    Jt = np.zeros((d, d))
+    dG, dS, dlam, dA, dv = np.zeros((r, r)), np.zeros((r, M)), np.zeros(p), np.zeros((K, p)), np.zeros(K)
+    dC, dSig, dc = np.zeros((K, r)), np.zeros((n, n)), np.zeros(n)
+    dPhi, dpsi, dD, dIg = np.zeros((K, n)), np.zeros(K), np.zeros((K, K)), np.zeros(K)
+    dZs = np.zeros((n, r))
+    for j in range(d):
+        dG[:], dS[:], dlam[:], dA[:], dv[:] = 0.0, 0.0, 0.0, 0.0, 0.0
+        if j < nq:  # the unit direction j of the state
+            a = 0
+            k = j
+            while k >= r - a:
+                k -= r - a
+                a += 1
+            dG[a, a + k] = dG[a + k, a] = 1.0
+        elif j < nq + r * M:
+            dS[(j - nq) // M, (j - nq) % M] = 1.0
+        else:
+            k = j - nq - r * M
+            if modes and train_lam:
+                if k < p:
+                    dlam[k] = 1.0
+                k -= p
+            if modes and train_A:
+                if 0 <= k < K * p:
+                    dA[k // p, k % p] = 1.0
+                k -= K * p
+            if 0 <= k < K:
+                dv[k] = 1.0
+        if moving:
+            dC = dA * lam.reshape((1, p)) + A * dlam.reshape((1, p))
+            dCG = mm(dC, G) + mm(C, dG)
+            dQ = mm(dCG, np.ascontiguousarray(C.T)) + mm(CG, np.ascontiguousarray(dC.T))
+            dR = mm(dC, S) + mm(C, dS)
+        else:
+            dCG = mm(C, dG)
+            dQ = mm(dCG, np.ascontiguousarray(C.T))
+            dR = mm(C, dS)
+        dSig[:K, :K], dSig[:K, K:], dSig[K:, :K] = dQ, dR, dR.T
+        dc[:K] = dv
+        # the averages along (dSig, dc)
+        dD[:], dIg[:] = 0.0, 0.0
+        for i in range(K):
+            acc = 0.0
+            for k in range(n):
+                dl3 = (1.0 + Sig[k, k]) * dSig[i, i] + (1.0 + Sig[i, i]) * dSig[k, k] - 2.0 * Sig[i, k] * dSig[i, k]
+                dPhi[i, k] = c[i] * c[k] * dphi0[i, k] * dl3 + (dc[i] * c[k] + c[i] * dc[k]) * phi0[i, k]
+                acc += dPhi[i, k] * Sig[i, k] + Phi[i, k] * dSig[i, k]
+            dpsi[i] = 0.0 if act == LINEAR else (acc - psi[i] * dSig[i, i]) / (1.0 + Sig[i, i])
+        for a in range(n):
+            for b in range(n):
+                if dSig[a, b] != 0.0:
+                    for i in range(K):
+                        dIg[i] += gIg[i, a, b] * dSig[a, b]
+                        for k in range(K):
+                            dD[i, k] += gD[i, k, a, b] * dSig[a, b]
+        for k in range(K):
+            if dc[k] != 0.0:
+                for i in range(K):
+                    dIg[i] += I2m[i, k] * dc[k]
+                    for l in range(K):
+                        dD[i, l] += Dc[i, l, k] * dc[k]
+        dZs[:K], dZs[K:] = dCG, dS.T
+        dX = mm(dPhi, Zs) + mm(Phi, dZs)
+        dXv = mm(dPhi, np.ascontiguousarray(Sig[:, K:])) + mm(Phi, np.ascontiguousarray(dSig[:, K:]))
+        for i in range(K):
+            dX[i] -= dpsi[i] * CG[i] + psi[i] * dCG[i]
+            dXv[i] -= dpsi[i] * R[i] + psi[i] * dR[i]
+        if train_n:  # dG/da = -eta (Lm X + (Lm X)^T) + (eta^2/b) Lm D Lm^T - 2 eta kappa G; dS/da = -eta Lm Xv - eta kappa S
+            LX, LXv = mm(Lm, dX), mm(Lm, dXv)
+            LD = mm(mm(Lm, dD), np.ascontiguousarray(Lm.T))
+            if moving:
+                dLm = np.ascontiguousarray(dC.T)
+                LX += mm(dLm, X)
+                LXv += mm(dLm, Xv)
+                half = mm(mm(dLm, D), np.ascontiguousarray(Lm.T))
+                LD += half + half.T
+            o = 0
+            for a in range(r):
+                for b in range(a, r):
+                    Jt[j, o] = -eta * (LX[a, b] + LX[b, a]) + eta * eta * inv_b * LD[a, b] - 2.0 * eta * kappa * dG[a, b]
+                    o += 1
+            for a in range(r):
+                for m in range(M):
+                    Jt[j, o] = -eta * LXv[a, m] - eta * kappa * dS[a, m]
+                    o += 1
+        o = nq + r * M
+        if modes and train_lam:  # dlam_mu/da = -eta_lam sum_i A_imu X_imu
+            for mu in range(p):
+                acc = 0.0
+                for i in range(K):
+                    acc += dA[i, mu] * X[i, mu] + A[i, mu] * dX[i, mu]
+                Jt[j, o + mu] = -rates[ETA_LAM] * acc
+            o += p
+        if modes and train_A:  # dA_imu/da = -eta_A lam_mu X_imu
+            for i in range(K):
+                for mu in range(p):
+                    Jt[j, o + i * p + mu] = -rates[ETA_A] * (dlam[mu] * X[i, mu] + lam[mu] * dX[i, mu])
+            o += K * p
+        if train_v:  # dv_i/da = -eta_v E[err g(h_i)]
+            for i in range(K):
+                Jt[j, o + i] = -rates[ETA_V] * dIg[i]
+    return np.ascontiguousarray(Jt.T)
 
 
 def jacobian(system, y) -> np.ndarray:
     """Jacobian of ``system.rhs`` (an :class:`~onlinemdl.ode.OdeSystem`) at the state vector ``y``, in
-    closed form (theory/finite_size.md §4).
-
-    Every form: the state's directions are mapped to the field covariance ``Sig`` and the
-    coefficients ``c = (v, -vt)``, the averages' derivatives (:func:`field_average_derivatives`)
-    are contracted with them, and the right-hand side's matrix algebra is differentiated by the
-    product rule. Checked against finite differences in ``tests/test_derivatives.py``.
-    """
-    with np.errstate(invalid="ignore", over="ignore"):  # a state off the valid set gives NaN, as the rhs does
-        return _jacobian(system, np.ascontiguousarray(y, dtype=float))
-
-
-def _jacobian(system, y):
-    d = y.size
-    K, M = system.K, system.M
-    _, _, vt, _, _, _, _, rates, flags = system.kernel_args
-    st = system.unpack(y)
-    eye = np.eye(d)
-    off = 0
-
-    def take(shape):  # the unit directions of the next block of the state (symmetric blocks: both halves)
-        nonlocal off
-        if shape[0] == "sym":
-            r = shape[1]
-            iu = np.triu_indices(r)
-            out = np.zeros((d, r, r))
-            out[:, iu[0], iu[1]] = eye[:, off:off + iu[0].size]
-            out[:, iu[1], iu[0]] = eye[:, off:off + iu[0].size]
-            off += iu[0].size
-            return out
-        size = int(np.prod(shape))
-        out = eye[:, off:off + size].reshape((d,) + shape)
-        off += size
-        return out
-
-    modes = system.form == "modes"
-    if modes:
-        p = system.p
-        G, S, lam, A = st["Rm"], st["S"], st["lam"], st["A"]
-        dG, dS = take(("sym", p)), take((p, M))
-        dlam = take((p,)) if flags[TRAIN_LAM] else np.zeros((d, p))
-        dA = take((K, p)) if flags[TRAIN_A] else np.zeros((d, K, p))
-        C = A * lam
-        dC = dA * lam + A[None] * dlam[:, None, :]
-        Lm, dLm = C.T, dC.transpose(0, 2, 1)
-    else:
-        G, S = st["Q"], st["R"]
-        dG, dS = take(("sym", K)), take((K, M))
-        C, Lm = np.eye(K), system.P
-    moving = modes and bool(flags[TRAIN_LAM] or flags[TRAIN_A])  # C = A diag(lam) changes with the state
-    v = st["v"]
-    dv = take((K,)) if flags[TRAIN_V] else np.zeros((d, K))
-    CG = C @ G
-    Q, R = CG @ C.T, C @ S
-    if moving:
-        dCG = dC @ G + C @ dG
-        dQ = dCG @ C.T + CG @ dC.transpose(0, 2, 1)
-        dR = dC @ S + C @ dS
-    elif modes:
-        dCG = C @ dG
-        dQ, dR = dCG @ C.T, C @ dS
-    else:
-        dCG, dQ, dR = dG, dG, dS
-    Sig = np.block([[Q, R], [R.T, system.T]])
-    dSig = np.zeros((d, K + M, K + M))
-    dSig[:, :K, :K], dSig[:, :K, K:], dSig[:, K:, :K] = dQ, dR, dR.transpose(0, 2, 1)
-    c = np.concatenate((v, -vt))
-    dc = np.concatenate((dv, np.zeros((d, M))), axis=1)
-    parts = field_average_derivatives(np.ascontiguousarray(Sig), K, c, rates[SIGMA], system.act)
-    Phi, psi, D = parts[:3]
-    dPhi, dpsi, dD, dIg = averages_jvp(parts, Sig, c, dSig, dc, system.act)
-    # X = E[delta s^T] = Phi Cov(z, s) - psi (C G), Xv = E[delta u^T] (rhs_full, rhs_modes)
-    Zs, dZs = np.vstack((CG, S.T)), np.concatenate((dCG, dS.transpose(0, 2, 1)), axis=1)
-    X = Phi @ Zs - psi[:, None] * CG
-    dX = dPhi @ Zs + Phi @ dZs - dpsi[:, :, None] * CG - psi[None, :, None] * dCG
-    Xv = Phi @ Sig[:, K:] - psi[:, None] * R
-    dXv = dPhi @ Sig[:, K:] + Phi @ dSig[:, :, K:] - dpsi[:, :, None] * R - psi[None, :, None] * dR
-    eta, inv_b, kappa = rates[ETA], rates[INV_BATCH], rates[DECAY]
-    out = []
-    if flags[TRAIN_N]:  # dG/da = -eta (Lm X + (Lm X)^T) + (eta^2/b) Lm D Lm^T - 2 eta kappa G
-        LX, LD, LXv = Lm @ dX, Lm @ dD @ Lm.T, Lm @ dXv
-        if moving:
-            LX, LXv = LX + dLm @ X, LXv + dLm @ Xv
-            LD = LD + dLm @ D @ Lm.T + (dLm @ D @ Lm.T).transpose(0, 2, 1)
-        dGo = -eta * (LX + LX.transpose(0, 2, 1)) + eta * eta * inv_b * LD - 2.0 * eta * kappa * dG
-        iu = np.triu_indices(G.shape[0])
-        out += [dGo[:, iu[0], iu[1]], (-eta * LXv - eta * kappa * dS).reshape(d, -1)]
-    else:
-        out.append(np.zeros((d, G.shape[0] * (G.shape[0] + 1) // 2 + S.size)))
-    if modes and flags[TRAIN_LAM]:  # dlam_mu/da = -eta_lam sum_i A_imu X_imu
-        out.append(-rates[ETA_LAM] * np.einsum("mip,ip->mp", dA, X) - rates[ETA_LAM] * np.einsum("ip,mip->mp", A, dX))
-    if modes and flags[TRAIN_A]:  # dA_imu/da = -eta_A lam_mu X_imu
-        out.append((-rates[ETA_A] * (dlam[:, None, :] * X + lam * dX)).reshape(d, -1))
-    if flags[TRAIN_V]:  # dv_i/da = -eta_v E[err g(h_i)]
-        out.append(-rates[ETA_V] * dIg)
-    return np.ascontiguousarray(np.concatenate(out, axis=1).T)
+    closed form (theory/finite_size.md §4; :func:`jacobian_kernel`). Checked against finite differences in
+    ``tests/test_derivatives.py``."""
+    modes, T, vt, v, A, lam, P, rates, flags = system.kernel_args
+    return jacobian_kernel(np.ascontiguousarray(y, dtype=float), T, vt, v, A, lam, P, rates, flags, modes)

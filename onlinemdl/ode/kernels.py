@@ -131,7 +131,7 @@ def _i4_sum(Sig, c, a, b, saa, sbb, sab, l4, rs):
 # Right-hand sides
 # --------------------------------------------------------------------------------------
 @njit(cache=True)
-def _mm(X, Y):
+def mm(X, Y):
     """X @ Y by loops: these products are small, and ``@`` would call a multi-threaded BLAS whose
     threads compete for the cores with scan workers and replica threads."""
     n, k = X.shape
@@ -146,7 +146,7 @@ def _mm(X, Y):
 
 
 @njit(cache=True)
-def _unpack_sym(y, off, r):
+def unpack_sym(y, off, r):
     out = np.empty((r, r))
     for a in range(r):
         for b in range(a, r):
@@ -166,7 +166,7 @@ def _pack_sym(X, dy, off):
 
 
 @njit(cache=True)
-def _fields_cov(Q, R, T):
+def fields_cov(Q, R, T):
     K, M = R.shape
     Sig = np.empty((K + M, K + M))
     Sig[:K, :K] = Q
@@ -190,21 +190,21 @@ def rhs_full(y, T, vt, v0, P, rates, flags):
     eta, eta_v, sigma, wd, inv_b = rates[ETA], rates[ETA_V], rates[SIGMA], rates[DECAY], rates[INV_BATCH]
     train_w, train_v, act = flags[TRAIN_N], flags[TRAIN_V], flags[ACT]
     nq = K * (K + 1) // 2
-    Q = _unpack_sym(y, 0, K)
+    Q = unpack_sym(y, 0, K)
     R = y[nq:nq + K * M].copy().reshape((K, M))
     v = y[nq + K * M:nq + K * M + K].copy() if train_v else v0
     c = np.concatenate((v, -vt))
-    Sig = _fields_cov(Q, R, T)
+    Sig = fields_cov(Q, R, T)
     Phi, psi, D, Ig = field_averages(Sig, K, c, sigma, act)
     dy = np.zeros_like(y)
     if train_w:
-        Xf = _mm(Phi, Sig)  # E[delta_i f_k] before the psi correction
+        Xf = mm(Phi, Sig)  # E[delta_i f_k] before the psi correction
         Xh = Xf[:, :K] - psi.reshape((K, 1)) * Q  # E[delta h^T]
         Xv = Xf[:, K:] - psi.reshape((K, 1)) * R  # E[delta v^T]
-        PXh = _mm(P, Xh)
-        dQ = -eta * (PXh + PXh.T) + (eta * eta * inv_b) * _mm(_mm(P, D), P) - 2.0 * eta * wd * Q
+        PXh = mm(P, Xh)
+        dQ = -eta * (PXh + PXh.T) + (eta * eta * inv_b) * mm(mm(P, D), P) - 2.0 * eta * wd * Q
         off = _pack_sym(dQ, dy, 0)
-        dR = -eta * _mm(P, Xv) - eta * wd * R
+        dR = -eta * mm(P, Xv) - eta * wd * R
         dy[off:off + K * M] = dR.ravel()
     if train_v:
         dy[nq + K * M:nq + K * M + K] = -eta_v * Ig
@@ -227,7 +227,7 @@ def rhs_modes(y, T, vt, v0, A0, lam0, rates, flags):
     sigma, wd, inv_b = rates[SIGMA], rates[DECAY], rates[INV_BATCH]
     train_xi, train_lam, train_A, train_v, act = flags[TRAIN_N], flags[TRAIN_LAM], flags[TRAIN_A], flags[TRAIN_V], flags[ACT]
     nr = p * (p + 1) // 2
-    Rm = _unpack_sym(y, 0, p)
+    Rm = unpack_sym(y, 0, p)
     S = y[nr:nr + p * M].copy().reshape((p, M))
     off = nr + p * M
     if train_lam:
@@ -242,24 +242,24 @@ def rhs_modes(y, T, vt, v0, A0, lam0, rates, flags):
         A = A0
     v = y[off:off + K].copy() if train_v else v0
     C = A * lam.reshape((1, p))
-    CRm = _mm(C, Rm)
-    Q = _mm(CRm, C.T)
-    R = _mm(C, S)
+    CRm = mm(C, Rm)
+    Q = mm(CRm, C.T)
+    R = mm(C, S)
     c = np.concatenate((v, -vt))
-    Sig = _fields_cov(Q, R, T)
+    Sig = fields_cov(Q, R, T)
     Phi, psi, D, Ig = field_averages(Sig, K, c, sigma, act)
     # Cov(s_b, f_k): (Rm C^T | S)
     Cs = np.empty((p, K + M))
     Cs[:, :K] = CRm.T
     Cs[:, K:] = S
-    X = _mm(Phi, Cs.T) - psi.reshape((K, 1)) * CRm  # E[delta s^T], K x p
+    X = mm(Phi, Cs.T) - psi.reshape((K, 1)) * CRm  # E[delta s^T], K x p
     dy = np.zeros_like(y)
     if train_xi:
-        CX = _mm(C.T, X)
-        dRm = -eta * (CX + CX.T) + (eta * eta * inv_b) * _mm(_mm(C.T, D), C) - 2.0 * eta * wd * Rm
+        CX = mm(C.T, X)
+        dRm = -eta * (CX + CX.T) + (eta * eta * inv_b) * mm(mm(C.T, D), C) - 2.0 * eta * wd * Rm
         _pack_sym(dRm, dy, 0)
-        Xv = _mm(Phi, Sig[:, K:]) - psi.reshape((K, 1)) * R  # E[delta v^T]
-        dS = -eta * _mm(C.T, Xv) - eta * wd * S
+        Xv = mm(Phi, Sig[:, K:]) - psi.reshape((K, 1)) * R  # E[delta v^T]
+        dS = -eta * mm(C.T, Xv) - eta * wd * S
         dy[nr:nr + p * M] = dS.ravel()
     off = nr + p * M
     if train_lam:
