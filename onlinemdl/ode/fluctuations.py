@@ -33,7 +33,7 @@ from ..dynamics import ACT, DECAY, ETA, ETA_A, ETA_LAM, ETA_V, INV_BATCH, SIGMA,
 from ..gaussian import LINEAR, dg, g, joint_covariance
 from ..runsetup import check_int, check_number
 from .derivatives import field_average_derivatives
-from .system import OdeSystem
+from .system import OdeSystem, triu_indices
 
 #: log2 of the quasi-Monte Carlo points of :func:`noise_covariance` for the part of ``V`` outside the closed form
 #: (2^10: the predicted sd of eps_g and Q within 0.7% of 2^16 on the cases of benchmarks/bench_fluctuations.py) and
@@ -287,7 +287,7 @@ def _linear_map(system: OdeSystem, st, C, d):
     Mm = np.zeros((d, K, r + M))
     nq = r * (r + 1) // 2
     if dyn.trains_n:
-        a, b = np.triu_indices(r)
+        a, b = triu_indices(r)
         rows = np.arange(nq)
         Mm[rows, :, b] -= dyn.eta * C[:, a].T  # -eta (dd_a s_b + s_a dd_b), dd = C^T delta
         Mm[rows, :, a] -= dyn.eta * C[:, b].T
@@ -333,7 +333,7 @@ def linear_noise(system: OdeSystem, y):
     rest = []
     if dyn.trains_n:
         nq = r * (r + 1) // 2
-        m2[:nq] = (dyn.eta**2 / dyn.batch * C.T @ D @ C)[np.triu_indices(r)]
+        m2[:nq] = (dyn.eta**2 / dyn.batch * C.T @ D @ C)[triu_indices(r)]
         rest += range(nq)
     if "v" in dyn.train:
         m2[d - K:] = -dyn.eta_v * Ig
@@ -386,7 +386,7 @@ def finite_n_drift(system: OdeSystem, y, J=None) -> np.ndarray:
         f1G = eta**2 * kappa**2 * G + eta**2 * kappa * (X + X.T) + eta**2 / b * ddz
         if b > 1:
             f1G = f1G + eta**2 * (b - 1) / b * dY @ np.linalg.pinv(Cf, rcond=1e-12, hermitian=True) @ dY.T
-        out[:r * (r + 1) // 2] = f1G[np.triu_indices(r)]
+        out[:r * (r + 1) // 2] = f1G[triu_indices(r)]
     if J is None:
         J = system.jacobian(y)
     return out - 0.5 * J @ system.rhs(y)
@@ -555,7 +555,7 @@ def _batch_state(system: OdeSystem, Y):
     train = system.train
 
     def sym(off, r):
-        iu = np.triu_indices(r)
+        iu = triu_indices(r)
         X = np.zeros((n, r, r))
         X[:, iu[0], iu[1]] = Y[:, off:off + iu[0].size]
         X[:, iu[1], iu[0]] = Y[:, off:off + iu[0].size]
@@ -664,7 +664,7 @@ def initial_covariance(system: OdeSystem, y0, N: int, scale2: float) -> np.ndarr
     Sig = np.zeros((d, d))
     if not system.dynamics.trains_n:
         return Sig
-    iu = list(zip(*np.triu_indices(r)))
+    iu = list(zip(*triu_indices(r)))
     for x, (a, b) in enumerate(iu):
         for z, (c, e) in enumerate(iu):
             Sig[x, z] = scale2**2 * (int(a == c and b == e) + int(a == e and b == c))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,6 +17,16 @@ if TYPE_CHECKING:
     from ..model import Student, Teacher
 
 FORMS = ("full", "modes", "reduced")
+
+
+@lru_cache(maxsize=None)
+def triu_indices(r: int) -> tuple:
+    """``np.triu_indices(r)``, the layout of a symmetric block of the state vector (cached: the state is
+    packed and unpacked at every node of the finite-N theory; read-only arrays)."""
+    rows, cols = np.triu_indices(r)
+    rows.setflags(write=False)
+    cols.setflags(write=False)
+    return rows, cols
 
 
 def finite_difference_jacobian(f, y, order: int = 4, rel_step=None, vectorized: bool = False) -> np.ndarray:
@@ -180,14 +190,14 @@ class OdeSystem:
         """State dict -> state vector (symmetric matrices by their upper triangle)."""
         parts = []
         if self.form == "modes":
-            iu = np.triu_indices(self.p)
+            iu = triu_indices(self.p)
             parts += [np.asarray(state["Rm"])[iu], np.ravel(state["S"])]
             if "lam" in self.train:
                 parts.append(np.ravel(state["lam"]))
             if "A" in self.train:
                 parts.append(np.ravel(state["A"]))
         else:
-            iu = np.triu_indices(self.K)
+            iu = triu_indices(self.K)
             parts += [np.asarray(state["Q"])[iu], np.ravel(state["R"])]
         if "v" in self.train:
             parts.append(np.ravel(state["v"]))
@@ -200,7 +210,7 @@ class OdeSystem:
         if self.form == "modes":
             nr = p * (p + 1) // 2
             Rm = np.zeros((p, p))
-            Rm[np.triu_indices(p)] = y[:nr]
+            Rm[triu_indices(p)] = y[:nr]
             Rm = Rm + np.triu(Rm, 1).T
             S = y[nr:nr + p * M].reshape(p, M)
             off = nr + p * M
@@ -217,7 +227,7 @@ class OdeSystem:
         else:
             nq = K * (K + 1) // 2
             Q = np.zeros((K, K))
-            Q[np.triu_indices(K)] = y[:nq]
+            Q[triu_indices(K)] = y[:nq]
             Q = Q + np.triu(Q, 1).T
             out.update(Q=Q, R=y[nq:nq + K * M].reshape(K, M))
             off = nq + K * M
