@@ -5,7 +5,7 @@ deviations of eps_g, Q and R across replicas, and the predicted bias of eps_g ag
 (theory/finite_size.md section 8).
 
 Run: python benchmarks/fluctuation_check.py [--quick] [--threads 2] [--match LABEL] [--N 30 100]
-(about 40 CPU minutes, most of it the mode setting at N = 10^4; --quick: N <= 1000 and 300 replicas;
+(about 5 CPU minutes; --quick: N <= 1000 and 300 replicas;
 --match, --N: only some cases).
 """
 import argparse
