@@ -17,7 +17,7 @@ from numba import njit
 
 from ..dynamics import ACT, DECAY, ETA, ETA_A, ETA_LAM, ETA_V, INV_BATCH, SIGMA, TRAIN_A, TRAIN_LAM, TRAIN_N, TRAIN_V
 from ..gaussian import LINEAR
-from .kernels import fields_cov, mm, unpack_sym
+from .kernels import asin_clipped, fields_cov, mm, unpack_sym
 
 _2PI = 2.0 / math.pi
 _4PI2 = 4.0 / math.pi**2
@@ -110,31 +110,39 @@ def _i4_sum_derivatives(Sig, c, a, b, sigma, g, u):
         sak, sbk = Sig[a, k], Sig[b, k]
         l1[k] = l4 * (1.0 + Sig[k, k]) - sbk * sbk * saa - sak * sak * sbb + 2.0 * sab * sak * sbk
         rs[k] = 1.0 / math.sqrt(l1[k]) if l1[k] > 0.0 else 0.0
-    omega = np.zeros((n, n))
-    beta = np.zeros(n)
-    total = 0.0
-    for k in range(n):
+    beta, wa, wb = np.zeros(n), np.zeros(n), np.zeros(n)  # wa = omega Sig[a], wb = omega Sig[b]
+    total, gamma = 0.0, 0.0
+    for k in range(n):  # the pairs k <= l; (l, k) is the same term
         sak, sbk = Sig[a, k], Sig[b, k]
-        for l in range(n):
-            l0 = l4 * Sig[k, l] - sbk * Sig[b, l] * saa - sak * Sig[a, l] * sbb + sab * (sak * Sig[b, l] + Sig[a, l] * sbk)
+        for l in range(k, n):
+            skl, sal, sbl = Sig[k, l], Sig[a, l], Sig[b, l]
+            l0 = l4 * skl - sbk * sbl * saa - sak * sal * sbb + sab * (sak * sbl + sal * sbk)
             z = min(1.0, max(-1.0, l0 * rs[k] * rs[l]))
-            i4 = _4PI2 * r4 * math.asin(z)
-            total += c[k] * c[l] * i4
-            u[k] += c[l] * i4
+            i4 = _4PI2 * r4 * asin_clipped(z)
             q = c[k] * c[l] * _4PI2 * r4 / math.sqrt(max(1.0 - z * z, 1e-300))  # d/dz
-            omega[k, l] = q * rs[k] * rs[l]  # d/dL0_kl
-            beta[k] -= q * z * 0.5 * rs[k] * rs[k]  # d/dL1_k (the L1_l role: the pair (l, k))
-            beta[l] -= q * z * 0.5 * rs[l] * rs[l]
+            omega = q * rs[k] * rs[l]  # d/dL0_kl
+            beta[k] -= q * z * rs[k] * rs[k]  # d/dL1_k, from both slots of the pair (the L1_k and the L1_l role)
+            u[k] += c[l] * i4
+            g[k, l] += omega * l4  # L0_kl = L4 S_kl - saa S_bk S_bl - sbb S_ak S_al + sab (S_ak S_bl + S_al S_bk)
+            wa[k] += omega * sal
+            wb[k] += omega * sbl
+            if l == k:
+                total += c[k] * c[k] * i4
+                gamma += omega * skl
+            else:
+                total += 2.0 * c[k] * c[l] * i4
+                gamma += 2.0 * omega * skl
+                u[l] += c[k] * i4
+                beta[l] -= q * z * rs[l] * rs[l]
+                g[l, k] += omega * l4
+                wa[l] += omega * sak
+                wb[l] += omega * sbk
     j2 = _2PI * r4
-    gamma = -0.5 * (total + sigma * sigma * j2) / l4  # d/dL4 directly, through the prefactors
-    # L0_kl = L4 S_kl - saa S_bk S_bl - sbb S_ak S_al + sab (S_ak S_bl + S_al S_bk)
-    wa, wb = omega @ Sig[a], omega @ Sig[b]
+    gamma -= 0.5 * (total + sigma * sigma * j2) / l4  # d/dL4 directly, through the prefactors
+    aa, bb, ab = 0.0, 0.0, 0.0
     for k in range(n):
         sak, sbk = Sig[a, k], Sig[b, k]
         gamma += beta[k] * (1.0 + Sig[k, k])
-        for l in range(n):
-            gamma += omega[k, l] * Sig[k, l]
-            g[k, l] += omega[k, l] * l4
         g[k, k] += beta[k] * l4
         # L0 through S_ak, S_bk (both slots of the pair), and L1_k = L4 (1 + S_kk) - saa S_bk^2 - sbb S_ak^2 + 2 sab S_ak S_bk
         ga = 2.0 * (sab * wb[k] - sbb * wa[k]) + 2.0 * beta[k] * (sab * sbk - sbb * sak)
@@ -143,15 +151,13 @@ def _i4_sum_derivatives(Sig, c, a, b, sigma, g, u):
         g[k, a] += 0.5 * ga
         g[b, k] += 0.5 * gb
         g[k, b] += 0.5 * gb
-        g[a, a] -= beta[k] * sbk * sbk
-        g[b, b] -= beta[k] * sak * sak
-        g[a, b] += beta[k] * sak * sbk
-        g[b, a] += beta[k] * sak * sbk
-    g[a, a] -= Sig[b] @ wb
-    g[b, b] -= Sig[a] @ wa
-    cross = Sig[a] @ wb
-    g[a, b] += cross
-    g[b, a] += cross
+        aa -= beta[k] * sbk * sbk + sbk * wb[k]
+        bb -= beta[k] * sak * sak + sak * wa[k]
+        ab += beta[k] * sak * sbk + sak * wb[k]
+    g[a, a] += aa
+    g[b, b] += bb
+    g[a, b] += ab
+    g[b, a] += ab
     # L4 = saa sbb - sab^2
     g[a, a] += gamma * sbb
     g[b, b] += gamma * saa

@@ -93,7 +93,7 @@ _FM = {"reassoc", "contract", "nsz"}
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _asin(x):
+def asin_clipped(x):
     """arcsin of x clipped to [-1, 1], within 2 ulp of math.asin; no branches."""
     y = min(1.0, abs(x))
     big = y > 0.5
@@ -118,11 +118,11 @@ def _i4_sum(Sig, c, a, b, saa, sbb, sab, l4, rs):
         ak, bk = sak * sbb, sbk * saa
         w = rs[k]
         u = l4 * Sig[k, k] - sbk * bk - sak * ak + 2.0 * sab * sak * sbk
-        part = 0.5 * c[k] * _asin(u * w * w)
+        part = 0.5 * c[k] * asin_clipped(u * w * w)
         # L0(k, l) = l4 S_kl - S_bl (bk - sab S_ak) - S_al (ak - sab S_bk)
         l4w, pw, qw = l4 * w, (bk - sab * sak) * w, (ak - sab * sbk) * w
         for l in range(uint64(k + 1), uint64(n)):
-            part += c[l] * _asin((l4w * Sig[k, l] - pw * Sig[b, l] - qw * Sig[a, l]) * rs[l])
+            part += c[l] * asin_clipped((l4w * Sig[k, l] - pw * Sig[b, l] - qw * Sig[a, l]) * rs[l])
         acc += 2.0 * c[k] * part
     return acc
 
