@@ -144,7 +144,11 @@ def eps_g(Q, R, T, v, vt, act):
 
 def joint_covariance(G, S, T):
     """Covariance ``[[G, S], [S^T, T]]`` of the student-side fields and the teacher's fields."""
-    return np.block([[G, S], [np.transpose(S), T]])
+    G, S, T = np.asarray(G, float), np.asarray(S, float), np.asarray(T, float)
+    r = G.shape[0]
+    out = np.empty((r + T.shape[0], r + T.shape[0]))
+    out[:r, :r], out[:r, r:], out[r:, :r], out[r:, r:] = G, S, S.T, T
+    return out
 
 
 def covariance_check(C, name="C"):

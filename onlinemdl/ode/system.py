@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike
 from ..dynamics import FULL_FACTORS, MODE_FACTORS, Dynamics
 from ..gaussian import activation_code, covariance_check, eps_g as _eps_g, joint_covariance
 from .derivatives import jacobian as exact_jacobian
-from .kernels import rhs_any, rhs_many
+from .kernels import rhs_any, rhs_many, unpack_sym
 
 if TYPE_CHECKING:
     from ..model import Student, Teacher
@@ -209,9 +209,7 @@ class OdeSystem:
         out = {}
         if self.form == "modes":
             nr = p * (p + 1) // 2
-            Rm = np.zeros((p, p))
-            Rm[triu_indices(p)] = y[:nr]
-            Rm = Rm + np.triu(Rm, 1).T
+            Rm = unpack_sym(np.ascontiguousarray(y, dtype=float), 0, p)
             S = y[nr:nr + p * M].reshape(p, M)
             off = nr + p * M
             lam = self.lam
@@ -226,9 +224,7 @@ class OdeSystem:
             out.update(Rm=Rm, S=S, lam=np.array(lam), A=np.array(A), Q=C @ Rm @ C.T, R=C @ S)
         else:
             nq = K * (K + 1) // 2
-            Q = np.zeros((K, K))
-            Q[triu_indices(K)] = y[:nq]
-            Q = Q + np.triu(Q, 1).T
+            Q = unpack_sym(np.ascontiguousarray(y, dtype=float), 0, K)
             out.update(Q=Q, R=y[nq:nq + K * M].reshape(K, M))
             off = nq + K * M
         out["v"] = np.array(y[off:off + K]) if "v" in self.train else self.v.copy()
