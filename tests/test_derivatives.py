@@ -64,7 +64,7 @@ def test_gradient_of_D_is_symmetric_and_exact_on_the_diagonal():
 def _systems(act):
     N = 200
     teacher = om.Teacher.random(N, 3, seed=1, activation=act, sigma=0.3)
-    for train in (("w",), ("w", "v")):
+    for train in (("w",), ("w", "v"), ("v",)):
         student = om.Student.full(N, 4, seed=2, activation=act, train=train, weight_decay=0.1, batch=3)
         yield OdeSystem.from_networks(student, teacher, eta=1.3, eta_v=0.7)
     for train in (("xi",), ("xi", "lam"), ("xi", "A"), ("lam", "A", "v"), ("xi", "lam", "A", "v"), ("A",)):
