@@ -3,9 +3,9 @@
 :func:`field_average_derivatives` differentiates the Gaussian averages of
 :func:`~onlinemdl.ode.kernels.field_averages` with respect to the field covariance ``Sig`` and the
 second-layer coefficients ``c`` (the chain rule through the closed forms of I2, I3, J2 and I4,
-Saad & Solla 1995 eq. A6; theory/finite_size.md §4). :func:`jacobian` carries those derivatives through the
-state's map to ``(Sig, c)`` and through the right-hand side's matrix algebra, for all state
-directions at once. A gradient ``g`` with respect to the symmetric ``Sig`` is stored as a symmetric
+Saad & Solla 1995 eq. A6; theory/finite_size.md §4). :func:`jacobian_kernel` carries those derivatives
+through the state's map to ``(Sig, c)`` and through the right-hand side's matrix algebra, one state
+direction (column) at a time. A gradient ``g`` with respect to the symmetric ``Sig`` is stored as a symmetric
 matrix with ``d f = sum_pq g_pq dSig_pq`` (each off-diagonal entry counted twice).
 """
 from __future__ import annotations
