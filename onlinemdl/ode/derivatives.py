@@ -206,14 +206,16 @@ def jacobian_kernel(y, T, vt, v0, A0, lam0, P, rates, flags, modes):
     v = y[off:off + K].copy() if train_v else v0
     moving = modes and (train_lam or train_A)
     CG = mm(C, G)
-    Q, R = mm(CG, np.ascontiguousarray(C.T)), mm(C, S)
+    CT, LmT = np.ascontiguousarray(C.T), np.ascontiguousarray(Lm.T)
+    Q, R = mm(CG, CT), mm(C, S)
     Sig = fields_cov(Q, R, T)
     c = np.concatenate((v, -vt))
     Phi, psi, D, Ig, phi0, dphi0, gD, Dc, gIg, I2m = field_average_derivatives(Sig, K, c, rates[SIGMA], act)
     Zs = np.empty((n, r))  # Cov(z, s)
     Zs[:K], Zs[K:] = CG, S.T
     X = mm(Phi, Zs)  # E[delta s^T]
-    Xv = mm(Phi, np.ascontiguousarray(Sig[:, K:]))  # E[delta u^T]
+    Su = np.ascontiguousarray(Sig[:, K:])  # Cov(z, u)
+    Xv = mm(Phi, Su)  # E[delta u^T]
     for i in range(K):
         X[i] -= psi[i] * CG[i]
         Xv[i] -= psi[i] * R[i]
@@ -249,11 +251,11 @@ def jacobian_kernel(y, T, vt, v0, A0, lam0, P, rates, flags, modes):
         if moving:
             dC = dA * lam.reshape((1, p)) + A * dlam.reshape((1, p))
             dCG = mm(dC, G) + mm(C, dG)
-            dQ = mm(dCG, np.ascontiguousarray(C.T)) + mm(CG, np.ascontiguousarray(dC.T))
+            dQ = mm(dCG, CT) + mm(CG, dC.T)
             dR = mm(dC, S) + mm(C, dS)
         else:
             dCG = mm(C, dG)
-            dQ = mm(dCG, np.ascontiguousarray(C.T))
+            dQ = mm(dCG, CT)
             dR = mm(C, dS)
         dSig[:K, :K], dSig[:K, K:], dSig[K:, :K] = dQ, dR, dR.T
         dc[:K] = dv
@@ -281,18 +283,18 @@ def jacobian_kernel(y, T, vt, v0, A0, lam0, P, rates, flags, modes):
                         dD[i, l] += Dc[i, l, k] * dc[k]
         dZs[:K], dZs[K:] = dCG, dS.T
         dX = mm(dPhi, Zs) + mm(Phi, dZs)
-        dXv = mm(dPhi, np.ascontiguousarray(Sig[:, K:])) + mm(Phi, np.ascontiguousarray(dSig[:, K:]))
+        dXv = mm(dPhi, Su) + mm(Phi, dSig[:, K:])
         for i in range(K):
             dX[i] -= dpsi[i] * CG[i] + psi[i] * dCG[i]
             dXv[i] -= dpsi[i] * R[i] + psi[i] * dR[i]
         if train_n:  # dG/da = -eta (Lm X + (Lm X)^T) + (eta^2/b) Lm D Lm^T - 2 eta kappa G; dS/da = -eta Lm Xv - eta kappa S
             LX, LXv = mm(Lm, dX), mm(Lm, dXv)
-            LD = mm(mm(Lm, dD), np.ascontiguousarray(Lm.T))
+            LD = mm(mm(Lm, dD), LmT)
             if moving:
-                dLm = np.ascontiguousarray(dC.T)
+                dLm = dC.T
                 LX += mm(dLm, X)
                 LXv += mm(dLm, Xv)
-                half = mm(mm(dLm, D), np.ascontiguousarray(Lm.T))
+                half = mm(mm(dLm, D), LmT)
                 LD += half + half.T
             o = 0
             for a in range(r):

@@ -313,16 +313,10 @@ def linear_noise(system: OdeSystem, y):
     (``z = (h, u)``; ``dD/dSig``: :func:`~onlinemdl.ode.derivatives.field_average_derivatives`).
     """
     y = np.asarray(y, float)
-    G, S, C, st = _structure(system, y)
+    G, C, st, Sig, parts, Cf, Chf, mP = _delta_moments(system, y)
     dyn = system.dynamics
     K, M, r, d = system.K, system.M, G.shape[0], y.size
-    Sig, c = _fields(system, st, G, S, C)
-    Phi, psi, D, Ig, *_, gD, _, _, _ = field_average_derivatives(Sig, K, c, dyn.sigma, system.act)
-    Cf = joint_covariance(G, S, system.T)  # Cov(x)
-    Hmap = np.zeros((K + M, r + M))
-    Hmap[:K, :r], Hmap[K:, r:] = C, np.eye(M)
-    Chf = Hmap @ Cf  # Cov(z, x)
-    mP = Phi @ Chf - psi[:, None] * Chf[:K]  # E[delta_i x_j]
+    D, Ig, gD = parts[2], parts[3], parts[6]
     W = np.matmul(Chf.T, np.matmul(gD, Chf))  # (K, K, nx, nx): [i, k, j, l]
     nx = r + M
     second = (D[:, None, :, None] * Cf[None, :, None, :] + 2.0 * W.transpose(0, 2, 1, 3)).reshape(K * nx, K * nx)
@@ -345,12 +339,20 @@ def linear_noise(system: OdeSystem, y):
 # --------------------------------------------------------------------------------------
 # The O(1/N) part of the exact mean step
 # --------------------------------------------------------------------------------------
-def _fields(system, st, G, S, C):
-    """Covariance of (h, u) and the coefficient vector of err."""
-    Q, R = C @ G @ C.T, C @ S
-    Sig = np.ascontiguousarray(joint_covariance(Q, R, system.T))
+def _delta_moments(system, y):
+    """At the state ``y``: ``G``, ``C``, the state dict, the covariance ``Sig`` of ``z = (h, u)``, the averages
+    and their derivatives there (:func:`~onlinemdl.ode.derivatives.field_average_derivatives`), the
+    covariance ``Cf`` of ``x = (s, u)``, ``Chf = Cov(z, x)`` and ``E[delta x^T]`` (K, r + M)."""
+    G, S, C, st = _structure(system, y)
+    K, M, r = system.K, system.M, G.shape[0]
+    Sig = joint_covariance(C @ G @ C.T, C @ S, system.T)
     c = np.ascontiguousarray(np.concatenate((st["v"], -system.vt)))
-    return Sig, c
+    parts = field_average_derivatives(Sig, K, c, system.dynamics.sigma, system.act)
+    Cf = joint_covariance(G, S, system.T)
+    Hmap = np.zeros((K + M, r + M))
+    Hmap[:K, :r], Hmap[K:, r:] = C, np.eye(M)
+    Chf = Hmap @ Cf
+    return G, C, st, Sig, parts, Cf, Chf, parts[0] @ Chf - parts[1][:, None] * Chf[:K]
 
 
 def finite_n_drift(system: OdeSystem, y, J=None) -> np.ndarray:
@@ -366,21 +368,13 @@ def finite_n_drift(system: OdeSystem, y, J=None) -> np.ndarray:
     ``J`` (the Jacobian at ``y``) is computed when not given.
     """
     y = np.asarray(y, float)
-    G, S, C, st = _structure(system, y)
     dyn = system.dynamics
     out = np.zeros(y.size)
     if dyn.trains_n:
-        eta, kappa, b, act = dyn.eta, dyn.weight_decay, dyn.batch, system.act
-        K, r, M = system.K, G.shape[0], system.M
-        Sig, c = _fields(system, st, G, S, C)
-        Phi, psi, D, _, _, _, gD, _, _, _ = field_average_derivatives(Sig, K, c, dyn.sigma, act)
-        # E[delta (s, u)^T]: Cov((h, u), (s, u)) and Cov(h_i, (s, u))
-        Cf = joint_covariance(G, S, system.T)  # (s, u)
-        Hmap = np.zeros((K + M, r + M))
-        Hmap[:K, :r], Hmap[K:, r:] = C, np.eye(M)
-        Chf = Hmap @ Cf  # Cov((h, u), (s, u))
-        Y = Phi @ Chf - psi[:, None] * Chf[:K]
-        dY = C.T @ Y  # E[d (s, u)^T], r x (r + M)
+        eta, kappa, b = dyn.eta, dyn.weight_decay, dyn.batch
+        G, C, _, Sig, parts, Cf, _, mP = _delta_moments(system, y)
+        r, gD = G.shape[0], parts[6]
+        dY = C.T @ mP  # E[d (s, u)^T], r x (r + M)
         X = dY[:, :r]
         ddz = 2.0 * C.T @ np.einsum("abpq,pq->ab", gD, Sig) @ C  # 2 d/dt E_{t Sig}[d d^T] at t = 1 = 2 gD : Sig
         f1G = eta**2 * kappa**2 * G + eta**2 * kappa * (X + X.T) + eta**2 / b * ddz
