@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import dg, g, mc_steps
 from scipy.integrate import solve_ivp
+from scipy.linalg import expm
 
 import onlinemdl as om
 from onlinemdl.ode import OdeSystem, fluctuations as fl
@@ -261,6 +262,21 @@ def test_propagation_step_matches_direct_integration():
     np.testing.assert_allclose(Phi @ S0 @ Phi.T + Qh, sol.y[:, -1].reshape(d, d), rtol=1e-7, atol=1e-9)
     sb = solve_ivp(lambda t, x: J @ x + 1.0, (0, h), b0, rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(Phi @ b0 + c, sb.y[:, -1], rtol=1e-7, atol=1e-10)
+
+
+def test_taylor_step_equals_the_van_loan_exponential():
+    """The step's Taylor series against scipy's exponentials: ``Phi = e^{hJ}`` and, from Van Loan's block
+    ``[[-J, V], [0, J^T]]``, ``Q = Phi E_12``, to rounding (``h ||J||_1 = 1/2``, the largest the step uses)."""
+    rng = np.random.default_rng(5)
+    d = 30
+    J = rng.normal(size=(d, d)) / np.sqrt(d) - np.eye(d)
+    X = rng.normal(size=(d, d))
+    V = X @ X.T
+    h = 0.5 / np.abs(J).sum(axis=0).max()
+    Phi, Q = fl._taylor_step(J, V, h)
+    E = expm(h * np.block([[-J, V], [np.zeros((d, d)), J.T]]))
+    np.testing.assert_allclose(Phi, expm(h * J), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(Q, E[d:, d:].T @ E[:d, d:], rtol=0, atol=1e-13 * np.abs(Q).max())
 
 
 def test_propagation_step_is_accurate_over_long_steps():

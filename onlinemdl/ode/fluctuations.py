@@ -27,7 +27,6 @@ import math
 
 import numpy as np
 from numba import njit
-from scipy.linalg import expm
 
 from ..dynamics import ACT, DECAY, ETA, ETA_A, ETA_LAM, ETA_V, INV_BATCH, SIGMA, TRAIN_A, TRAIN_LAM, TRAIN_N, TRAIN_V
 from ..gaussian import LINEAR, dg, g, joint_covariance
@@ -195,7 +194,8 @@ def _field_factor(G, S, T):
     return L
 
 
-def noise_covariance(system: OdeSystem, y, log2: int | None = None, return_mean: bool = False, split: bool = True):
+def noise_covariance(system: OdeSystem, y, log2: int | None = None, return_mean: bool = False, split: bool = True,
+                     moments=None):
     """``V(y)``: N^2 x the covariance of one SGD step's change of the state vector.
 
     ``V = Cov(F) / b`` with ``F`` = :func:`increments` of one sample. ``F = F1 + F2``: ``F1``, the
@@ -211,13 +211,13 @@ def noise_covariance(system: OdeSystem, y, log2: int | None = None, return_mean:
     ``split=False``: the whole ``Cov(F)`` by the cubature always (``2^QMC_FULL`` points by default).
     Fluctuations of ``|x|^2 / N`` and of the cross products of a batch enter at O(N^-1/2) and are
     left out. With ``return_mean``, also the cubature's mean of ``F`` (equal to ``system.rhs(y)`` up
-    to the cubature error: a check).
+    to the cubature error: a check). ``moments``: :func:`_delta_moments` at ``y`` when the caller has them.
     """
     args = _increment_args(system, y)
     d, b = args[-1], system.dynamics.batch
     weight = 0.0  # of the split
     if split:
-        V1, m1, m2, rest = linear_noise(system, y)
+        V1, m1, m2, rest = linear_noise(system, y, moments)
         weight, mean, V = 1.0, m1 + m2, V1
         if rest.size:
             dm, (cross, second) = _cubature(system, args, np.stack((m1, m2)), QMC_LOG2 if log2 is None else log2, rest)
@@ -303,7 +303,7 @@ def _linear_map(system: OdeSystem, st, C, d):
     return Mm
 
 
-def linear_noise(system: OdeSystem, y):
+def linear_noise(system: OdeSystem, y, moments=None):
     """The part of :func:`noise_covariance` in closed form (theory/finite_size.md eq. V1).
 
     Returns ``(V1, m1, m2, rest)``: ``V1 = Cov(F1)`` (not divided by the batch), the means of ``F1``
@@ -311,9 +311,10 @@ def linear_noise(system: OdeSystem, y):
     ``P_ij = delta_i x_j`` (:func:`_linear_map`), and by Stein's lemma on ``x`` and Price's theorem
     ``E[delta_i x_j delta_k x_l] = Cov(x_j, x_l) D_ik + 2 sum_pq Cov(x_j, z_p) Cov(x_l, z_q) dD_ik/dSig_pq``
     (``z = (h, u)``; ``dD/dSig``: :func:`~onlinemdl.ode.derivatives.field_average_derivatives`).
+    ``moments``: :func:`_delta_moments` at ``y`` when the caller has them.
     """
     y = np.asarray(y, float)
-    G, C, st, Sig, parts, Cf, Chf, mP = _delta_moments(system, y)
+    G, C, st, Sig, parts, Cf, Chf, mP = _delta_moments(system, y) if moments is None else moments
     dyn = system.dynamics
     K, M, r, d = system.K, system.M, G.shape[0], y.size
     D, Ig, gD = parts[2], parts[3], parts[6]
@@ -355,7 +356,7 @@ def _delta_moments(system, y):
     return G, C, st, Sig, parts, Cf, Chf, parts[0] @ Chf - parts[1][:, None] * Chf[:K]
 
 
-def finite_n_drift(system: OdeSystem, y, J=None) -> np.ndarray:
+def finite_n_drift(system: OdeSystem, y, J=None, moments=None) -> np.ndarray:
     """``f_1(y)``: the exact finite-N mean step is ``(rhs + f_1 / N) / N`` per step (Gram chain).
 
     Only the Gram block (``Q`` or ``Rm``) of the exact chain has an O(1/N^2) mean per step:
@@ -365,14 +366,14 @@ def finite_n_drift(system: OdeSystem, y, J=None) -> np.ndarray:
     Cov(f)^+ E[f d^T]`` (the cross products of two samples of a batch), with ``d/dt E_{t Sigma}[d d^T] =
     sum_pq Sigma_pq dE[d d^T]/dSigma_pq`` from the closed-form gradient. To it is added
     ``-J f / 2``: N Euler steps of size 1/N follow the flow of ``f + (f_1 - J f / 2) / N``.
-    ``J`` (the Jacobian at ``y``) is computed when not given.
+    ``J`` (the Jacobian at ``y``) and ``moments`` (:func:`_delta_moments`) are computed when not given.
     """
     y = np.asarray(y, float)
     dyn = system.dynamics
     out = np.zeros(y.size)
     if dyn.trains_n:
         eta, kappa, b = dyn.eta, dyn.weight_decay, dyn.batch
-        G, C, _, Sig, parts, Cf, _, mP = _delta_moments(system, y)
+        G, C, _, Sig, parts, Cf, _, mP = _delta_moments(system, y) if moments is None else moments
         r, gD = G.shape[0], parts[6]
         dY = C.T @ mP  # E[d (s, u)^T], r x (r + M)
         X = dY[:, :r]
@@ -438,30 +439,47 @@ def _lyap(J, V):
 
 
 def _halvings(J, h) -> int:
-    """How often to halve ``h`` so that ``h ||J||_1 <= 1``: the block exponentials below hold ``e^{-hJ}``,
-    whose growth for large ``h ||J||`` would swamp the result in rounding errors."""
-    return max(0, math.ceil(math.log2(max(h * float(np.abs(J).sum(axis=0).max()), 1.0))))
+    """How often to halve ``h`` so that ``h ||J||_1 <= 1/2``: the Taylor series of :func:`_step` then
+    converge like ``1/k!`` and without cancellation (for large ``h ||J||`` their terms would grow
+    before they fall and swamp the result in rounding errors)."""
+    return max(0, math.ceil(math.log2(max(2.0 * h * float(np.abs(J).sum(axis=0).max()), 1.0))))
+
+
+def _taylor_step(J, V, hs):
+    """``Phi = e^{hs J}`` and ``Q = int_0^hs e^{tJ} V e^{tJ^T} dt`` for ``hs ||J||_1 <= 1/2``, from their
+    Taylor series ``sum_k (hs J)^k / k!`` and ``sum_k hs^(k+1) L^k V / (k+1)!`` (``L X = J X + X J^T``,
+    which keeps ``X`` symmetric: one product per term), each summed until its terms reach rounding."""
+    Jh = hs * J
+    Phi, term = np.eye(J.shape[0]) + Jh, Jh
+    for k in range(2, 40):
+        term = term @ Jh / k
+        Phi += term
+        if np.abs(term).max() <= 1e-17 * np.abs(Phi).max():
+            break
+    X = hs * V
+    Q = X.copy()
+    for k in range(1, 40):
+        JX = Jh @ X
+        X = (JX + JX.T) / (k + 1)
+        Q += X
+        if np.abs(X).max() <= 1e-17 * np.abs(Q).max():
+            break
+    return Phi, Q
 
 
 def _step(J0, J1, V0, V1, h):
     """One step of :func:`propagate` over ``h`` for ``Sigma``: ``J`` and ``V`` linear between their end
     values, to second order in the Magnus expansion (theory/finite_size.md eq. P1). Returns ``Phi``,
     ``Qh`` (``Sigma_1 = Phi Sigma_0 Phi^T + Qh``), the step's ``J`` and the doubling's ``levels``; with the
-    step's ``J``, ``V``: ``Phi = e^{hJ}``, ``Qh = int_0^h e^{tJ} V e^{tJ^T} dt``, both from the exponential of
-    ``h' [[-J, c V], [0, J^T]]`` (Van Loan; ``c`` scales ``V`` to ``J``'s size) over ``h' = h / 2^m`` with
-    ``h' ||J|| <= 1`` (:func:`_halvings`), then doubled ``m`` times: ``Q(2t) = Q(t) + Phi(t) Q(t) Phi(t)^T``,
-    ``Phi(2t) = Phi(t)^2``. ``levels = (h', [Phi(h'), Phi(2h'), ...])`` serve :func:`_forced`."""
-    d = J0.shape[0]
+    step's ``J``, ``V``: ``Phi = e^{hJ}``, ``Qh = int_0^h e^{tJ} V e^{tJ^T} dt``, both from their Taylor
+    series (:func:`_taylor_step`) over ``h' = h / 2^m`` with ``h' ||J||_1 <= 1/2`` (:func:`_halvings`),
+    then doubled ``m`` times: ``Q(2t) = Q(t) + Phi(t) Q(t) Phi(t)^T``, ``Phi(2t) = Phi(t)^2``.
+    ``levels = (h', [Phi(h'), Phi(2h'), ...])`` serve :func:`_forced`."""
     J = 0.5 * (J0 + J1) + h / 12 * (J1 @ J0 - J0 @ J1)
     V = 0.5 * (V0 + V1) + h / 12 * (_lyap(J1, V0) - _lyap(J0, V1))
     halvings = _halvings(J, h)
     hs = h / 2**halvings
-    c = max(float(np.abs(J).max()), 1.0 / hs) / max(float(np.abs(V).max()), 1e-300)
-    B = np.zeros((2 * d, 2 * d))
-    B[:d, :d], B[:d, d:], B[d:, d:] = -J, c * V, J.T
-    E = expm(B * hs)
-    Phi = np.ascontiguousarray(E[d:, d:].T)
-    Qh = Phi @ E[:d, d:] / c
+    Phi, Qh = _taylor_step(J, V, hs)
     powers = []
     for _ in range(halvings):
         powers.append(Phi)
@@ -478,7 +496,7 @@ def _mean_forcing(J0, J1, s0, s1, h):
 
 def _forced(J, levels, s):
     """``int_0^h e^{tJ} s dt`` for the step's ``J`` and forcing ``s`` (:func:`_step`): the Taylor series
-    ``sum_k h'^(k+1) J^k s / (k+1)!`` over ``h'`` (``h' ||J||_1 <= 1``: 20 terms reach rounding), then
+    ``sum_k h'^(k+1) J^k s / (k+1)!`` over ``h'`` (``h' ||J||_1 <= 1/2``: 15 terms reach rounding), then
     doubled with the step's powers of ``Phi``: ``c(2t) = c(t) + Phi(t) c(t)``. Matrix-vector products only."""
     hs, powers = levels
     term = hs * s
@@ -514,25 +532,27 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     Sig[0] = 0 if Sigma0 is None else Sigma0
     bb[0] = 0 if b0 is None else b0
 
-    def node(k):
+    def node(k):  # J, V and the field moments that V and the drift share
         J = system.jacobian(ys[k]) if jacobians is None else jacobians[k]
-        return J, noise_covariance(system, ys[k], log2) if noise is None else noise[k]
+        shared = noise is None or (bias and system.dynamics.trains_n)
+        moments = _delta_moments(system, ys[k]) if shared else None
+        return J, noise_covariance(system, ys[k], log2, moments=moments) if noise is None else noise[k], moments
 
-    def forcing(k, J):
-        force = finite_n_drift(system, ys[k], J)
+    def forcing(k, J, moments):
+        force = finite_n_drift(system, ys[k], J, moments)
         if np.any(Sig[k]):
             force = force + 0.5 * hessian_contraction(system.rhs_many, ys[k], Sig[k], J)
         return force
 
-    J0, V0 = node(0)
-    s0 = forcing(0, J0) if bias else None
+    J0, V0, moments = node(0)
+    s0 = forcing(0, J0, moments) if bias else None
     for k in range(n - 1):
-        J1, V1 = node(k + 1)
+        J1, V1, moments = node(k + 1)
         h = nodes[k + 1] - nodes[k]
         Phi, Qh, J, levels = _step(J0, J1, V0, V1, h)
         Sig[k + 1] = Phi @ Sig[k] @ Phi.T + Qh
         if bias:  # the forcing at k + 1 needs Sigma there
-            s1 = forcing(k + 1, J1)
+            s1 = forcing(k + 1, J1, moments)
             bb[k + 1] = Phi @ bb[k] + _forced(J, levels, _mean_forcing(J0, J1, s0, s1, h))
             s0 = s1
         J0, V0 = J1, V1
