@@ -354,6 +354,20 @@ def test_integrate_carries_the_predictions():
         om.integrate(ms, modes_t, eta=1.0, alpha=alpha, fluctuations=True, form="reduced")
 
 
+def test_integrate_predicts_from_alpha_zero_whatever_the_first_output():
+    """The runs start at alpha = 0 also when the first output is later, and the theory reuses the
+    plain run's LSODA solution: the same numbers as ``predict``'s own solve from 0."""
+    N = 100
+    teacher, student = om.Teacher.random(N, 2, seed=0), om.Student.full(N, 2, seed=1)
+    late = om.integrate(student, teacher, eta=1.0, alpha=[5, 10, 20], fluctuations=True)
+    system, state = OdeSystem.from_networks(student, teacher, eta=1.0)
+    P = fl.predict(system, system.pack(state), np.array([0.0, 5, 10, 20]), N)
+    assert late.eps_g_sd[0] > 0
+    np.testing.assert_allclose(late.eps_g_sd, P["eps_g_sd"][1:], rtol=1e-9)
+    np.testing.assert_allclose(late.eps_g_bias, P["eps_g_bias"][1:], rtol=1e-6)
+    np.testing.assert_allclose(late.cov, P["cov"][1:], rtol=1e-9, atol=1e-15)
+
+
 def test_fresh_initial_covariance_matches_sampled_networks():
     N, K, M, reps = 80, 2, 2, 1500
     teacher = om.Teacher.random(N, M, seed=0)

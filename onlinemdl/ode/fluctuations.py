@@ -760,24 +760,27 @@ def _interpolate(nodes, values, alpha, geometric: bool = False):
 
 def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bool = True, rtol: float = 1e-8,
             atol: float = 1e-10, log2: int | None = None, dy_tol: float = 0.02, tol: float = 0.1,
-            per_decade: int = 10, jac_tol: float = 1e-4) -> dict:
+            per_decade: int = 10, jac_tol: float = 1e-4, sol=None) -> dict:
     """The finite-N predictions at the output times ``alpha`` (starting at the initial state).
 
     Returns a dict: ``cov`` (n, d, d) = ``Sigma / N``, the covariance of the state vector across
     runs; ``bias`` (n, d) = ``b / N``; ``eps_g_sd``, ``eps_g_bias`` (n,); ``Q_sd``, ``Q_bias``
     (n, K, K), ``R_sd``, ``R_bias`` (n, K, M); ``valid_until``: the first output time where
     :func:`validity` fails (inf when it never does); ``nodes``: the propagation's nodes.
-    The nodes: :func:`node_grid` (``per_decade``, ``dy_tol``), then :func:`refine_by_jacobian` (``jac_tol``).
+    The nodes: :func:`node_grid` (``per_decade``, ``dy_tol``), then :func:`refine_by_jacobian` (``jac_tol``),
+    on the dense output ``sol`` of the ODE from ``y0`` to ``alpha[-1]`` (default: solved here by LSODA
+    with ``rtol``, ``atol``).
     """
     from scipy.integrate import solve_ivp
 
     alpha = np.asarray(alpha, float)
     y0 = np.asarray(y0, float)
     if alpha[-1] > alpha[0]:
-        sol = solve_ivp(lambda t, y: system.rhs(y), (alpha[0], alpha[-1]), y0, method="LSODA", rtol=rtol, atol=atol,
-                        dense_output=True, jac=lambda t, y: system.jacobian(y))
-        nodes = node_grid(sol.sol, alpha, per_decade, dy_tol)
-        nodes, ys, Js = refine_by_jacobian(system, sol.sol, nodes, jac_tol, y0=y0)
+        if sol is None:
+            sol = solve_ivp(lambda t, y: system.rhs(y), (alpha[0], alpha[-1]), y0, method="LSODA", rtol=rtol,
+                            atol=atol, dense_output=True, jac=lambda t, y: system.jacobian(y)).sol
+        nodes = node_grid(sol, alpha, per_decade, dy_tol)
+        nodes, ys, Js = refine_by_jacobian(system, sol, nodes, jac_tol, y0=y0)
         Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2, jacobians=Js)
     else:
         nodes, ys = alpha[:1], y0[None]

@@ -101,6 +101,7 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
     max_q = divergence_threshold(system.dynamics.max_norm, system.T, state.get("Q", state.get("Rm")))
     t0 = time.perf_counter()
     status, message = "ok", ""
+    dense = None  # the dense LSODA solution, which the finite-N theory reuses
     if method == "euler":
         dt = (1.0 / N if N else 1e-2) if step is None else check_number("step", step, strict=True)
         ys, nfev, t_end, div = euler(y0, alpha, dt, system.kernel_args, max_q)
@@ -108,14 +109,15 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
         if div:
             status, message = "diverged", diverged_message(t_end)
     else:
-        ys, nfev, status, message = _run_adaptive(system, y0, alpha, method, rtol, atol, max_q)
+        ys, nfev, status, message, dense = _run_adaptive(system, y0, alpha, method, rtol, atol, max_q,
+                                                         dense=bool(fluctuations) and method == "auto")
     wall = time.perf_counter() - t0
     if status == "ok":
         message = f"integrated to alpha = {alpha[-1]:.6g}"
     traj = _trajectory(system, alpha[:len(ys)], ys, N, status, message, nfev, method, wall,
                        dict(rtol=rtol, atol=atol, step=step))
     if fluctuations and len(ys):
-        traj = _with_fluctuations(traj, system, y0, N, sigma0, rtol, atol, fluctuations)
+        traj = _with_fluctuations(traj, system, y0, N, sigma0, rtol, atol, fluctuations, dense)
     return traj
 
 
@@ -133,21 +135,26 @@ def _fresh_start(system, state, N, init_variance=None):
     return state, initial_covariance(system, y0, N, scale2)
 
 
-def _with_fluctuations(traj, system, y0, N, sigma0, rtol, atol, mode):
+def _with_fluctuations(traj, system, y0, N, sigma0, rtol, atol, mode, dense):
     from dataclasses import replace
 
     from .fluctuations import predict
 
     t0 = time.perf_counter()
-    P = predict(system, y0, traj.alpha, N, Sigma0=sigma0, rtol=rtol, atol=atol)
+    late = traj.alpha[0] > 0  # the runs start at alpha = 0 whatever the first output
+    alpha = np.concatenate(([0.0], traj.alpha)) if late else traj.alpha
+    P = predict(system, y0, alpha, N, Sigma0=sigma0, rtol=rtol, atol=atol, sol=dense)
+    if late:
+        P = dict(P, **{k: P[k][1:] for k in ("cov", "bias", "eps_g_sd", "eps_g_bias", "Q_sd", "R_sd")})
     params = dict(traj.params, fluctuations="fresh" if mode == "fresh" else "fixed",
                   fluct_wall_time=time.perf_counter() - t0, fluct_nodes=int(P["nodes"].size))
     return replace(traj, eps_g_sd=P["eps_g_sd"], eps_g_bias=P["eps_g_bias"], Q_sd=P["Q_sd"], R_sd=P["R_sd"],
                    cov=P["cov"], bias=P["bias"], fluct_valid_until=P["valid_until"], params=params)
 
 
-def _run_adaptive(system, y0, alpha, method, rtol, atol, max_q):
-    """``solve_ivp`` to the output times; returns ``(ys, nfev, status, message)``."""
+def _run_adaptive(system, y0, alpha, method, rtol, atol, max_q, dense=False):
+    """``solve_ivp`` to the output times; returns ``(ys, nfev, status, message, sol)``, ``sol`` the dense
+    output when ``dense`` (else None)."""
     from scipy.integrate import solve_ivp  # imported here: it costs a third of the package's import time
 
     nfev = 0
@@ -167,17 +174,17 @@ def _run_adaptive(system, y0, alpha, method, rtol, atol, max_q):
     if name in ("LSODA", "BDF", "Radau"):
         kw["jac"] = lambda t, y: system.jacobian(y)  # closed form: no right-hand-side evaluations
     if alpha[-1] == 0:
-        return y0[None, :], 0, "ok", ""
+        return y0[None, :], 0, "ok", "", None
     sol = solve_ivp(lambda t, y: rhs(y), (0.0, alpha[-1]), y0, method=name, t_eval=alpha, rtol=rtol, atol=atol,
-                    events=runaway, **kw)
+                    events=runaway, dense_output=dense, **kw)
     ys = np.asarray(sol.y, dtype=float).reshape(y0.size, -1).T  # (0, n) when stopped before the first output
     finite = np.all(np.isfinite(ys), axis=1)
     ys = ys[: int(np.argmin(finite)) if not finite.all() else len(ys)]
     if sol.status == 1:
-        return ys, nfev, "diverged", diverged_message(float(sol.t_events[0][0]))
+        return ys, nfev, "diverged", diverged_message(float(sol.t_events[0][0])), sol.sol
     if sol.status < 0:
-        return ys, nfev, "failed", f"solver failed at alpha = {sol.t[-1]:.6g}: {sol.message}"
-    return ys, nfev, "ok", ""
+        return ys, nfev, "failed", f"solver failed at alpha = {sol.t[-1]:.6g}: {sol.message}", sol.sol
+    return ys, nfev, "ok", "", sol.sol
 
 
 def _trajectory(system, alpha, ys, N, status, message, nfev, method, wall, extra):
