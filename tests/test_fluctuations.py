@@ -273,7 +273,7 @@ def test_taylor_step_equals_the_van_loan_exponential():
     X = rng.normal(size=(d, d))
     V = X @ X.T
     h = 0.5 / np.abs(J).sum(axis=0).max()
-    Phi, Q = fl._taylor_step(J, V, h)
+    Phi, Q, _ = fl._taylor_step(J, V, h, 0)
     E = expm(h * np.block([[-J, V], [np.zeros((d, d)), J.T]]))
     np.testing.assert_allclose(Phi, expm(h * J), rtol=0, atol=1e-14)
     np.testing.assert_allclose(Q, E[d:, d:].T @ E[:d, d:], rtol=0, atol=1e-13 * np.abs(Q).max())

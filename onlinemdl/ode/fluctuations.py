@@ -445,14 +445,19 @@ def _halvings(J, h) -> int:
     return max(0, math.ceil(math.log2(max(2.0 * h * float(np.abs(J).sum(axis=0).max()), 1.0))))
 
 
-def _taylor_step(J, V, hs):
+@njit(cache=True)
+def _taylor_step(J, V, hs, halvings):
     """``Phi = e^{hs J}`` and ``Q = int_0^hs e^{tJ} V e^{tJ^T} dt`` for ``hs ||J||_1 <= 1/2``, from their
     Taylor series ``sum_k (hs J)^k / k!`` and ``sum_k hs^(k+1) L^k V / (k+1)!`` (``L X = J X + X J^T``,
-    which keeps ``X`` symmetric: one product per term), each summed until its terms reach rounding."""
+    which keeps ``X`` symmetric: one product per term), each summed until its terms reach rounding; then
+    doubled ``halvings`` times, ``Q(2t) = Q(t) + Phi(t) Q(t) Phi(t)^T``, ``Phi(2t) = Phi(t)^2``.
+    Returns ``Phi``, ``Q`` over ``hs 2^halvings`` and the powers ``Phi(hs 2^i)``, ``i < halvings``."""
+    d = J.shape[0]
     Jh = hs * J
-    Phi, term = np.eye(J.shape[0]) + Jh, Jh
+    Phi = np.eye(d) + Jh
+    term = Jh.copy()
     for k in range(2, 40):
-        term = term @ Jh / k
+        term = (term @ Jh) / k
         Phi += term
         if np.abs(term).max() <= 1e-17 * np.abs(Phi).max():
             break
@@ -464,7 +469,12 @@ def _taylor_step(J, V, hs):
         Q += X
         if np.abs(X).max() <= 1e-17 * np.abs(Q).max():
             break
-    return Phi, Q
+    powers = np.empty((halvings, d, d))
+    for i in range(halvings):
+        powers[i] = Phi
+        Q = Q + (Phi @ Q) @ Phi.T
+        Phi = Phi @ Phi
+    return Phi, Q, powers
 
 
 def _step(J0, J1, V0, V1, h):
@@ -472,19 +482,13 @@ def _step(J0, J1, V0, V1, h):
     values, to second order in the Magnus expansion (theory/finite_size.md eq. P1). Returns ``Phi``,
     ``Qh`` (``Sigma_1 = Phi Sigma_0 Phi^T + Qh``), the step's ``J`` and the doubling's ``levels``; with the
     step's ``J``, ``V``: ``Phi = e^{hJ}``, ``Qh = int_0^h e^{tJ} V e^{tJ^T} dt``, both from their Taylor
-    series (:func:`_taylor_step`) over ``h' = h / 2^m`` with ``h' ||J||_1 <= 1/2`` (:func:`_halvings`),
-    then doubled ``m`` times: ``Q(2t) = Q(t) + Phi(t) Q(t) Phi(t)^T``, ``Phi(2t) = Phi(t)^2``.
-    ``levels = (h', [Phi(h'), Phi(2h'), ...])`` serve :func:`_forced`."""
+    series over ``h' = h / 2^m`` with ``h' ||J||_1 <= 1/2`` (:func:`_halvings`), doubled ``m`` times
+    (:func:`_taylor_step`). ``levels = (h', [Phi(h'), Phi(2h'), ...])`` serve :func:`_forced`."""
     J = 0.5 * (J0 + J1) + h / 12 * (J1 @ J0 - J0 @ J1)
     V = 0.5 * (V0 + V1) + h / 12 * (_lyap(J1, V0) - _lyap(J0, V1))
     halvings = _halvings(J, h)
     hs = h / 2**halvings
-    Phi, Qh = _taylor_step(J, V, hs)
-    powers = []
-    for _ in range(halvings):
-        powers.append(Phi)
-        Qh = Qh + Phi @ Qh @ Phi.T
-        Phi = Phi @ Phi
+    Phi, Qh, powers = _taylor_step(J, V, hs, halvings)
     return Phi, (Qh + Qh.T) / 2, J, (hs, powers)
 
 
