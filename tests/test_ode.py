@@ -206,6 +206,25 @@ def test_bad_arguments(kwargs, match):
         om.integrate(student, teacher, **kwargs)
 
 
+def test_input_dimension_with_a_given_system():
+    """``N=`` with ``system=``, ``state=`` is the N of the finite-N theory (and of the steps), as the
+    networks' N is; a bad N is refused by name."""
+    teacher, student = om.Teacher.random(300, 2, seed=1), om.Student.full(300, 2, seed=3)
+    system, state = OdeSystem.from_networks(student, teacher, eta=1.0)
+    alpha = [0.0, 2.0, 5.0]
+    given = om.integrate(system=system, state=state, alpha=alpha, fluctuations=True, N=300)
+    nets = om.integrate(student, teacher, eta=1.0, alpha=alpha, fluctuations=True)
+    np.testing.assert_allclose(given.eps_g_sd, nets.eps_g_sd, rtol=1e-12)
+    np.testing.assert_array_equal(given.steps, nets.steps)
+    for bad in (0, -3, 2.5, True, "300"):
+        with pytest.raises(ValueError, match="N must be an integer"):
+            om.integrate(system=system, state=state, alpha=alpha, N=bad)
+        with pytest.raises(ValueError, match="N must be an integer"):
+            om.integrate(student, teacher, eta=1.0, alpha=alpha, N=bad)
+    with pytest.raises(ValueError, match="input dimension"):
+        om.integrate(system=system, state=state, alpha=alpha, fluctuations=True)
+
+
 def test_rates_come_from_a_given_system():
     system = OdeSystem.from_state(dict(Q=np.eye(2), R=np.zeros((2, 2))), T=np.eye(2), eta=0.5)
     traj = om.integrate(state=dict(Q=np.eye(2), R=np.zeros((2, 2))), system=system, alpha=[0.0, 1.0])

@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..gaussian import eps_g as _eps_g
-from ..runsetup import check_number, diverged_message, divergence_threshold, output_times
+from ..runsetup import check_int, check_number, diverged_message, divergence_threshold, output_times
 from ..trajectory import Trajectory
 from .kernels import euler
 from .system import OdeSystem
@@ -71,7 +71,7 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
             raise ValueError("give student and teacher, or state= and system=")
         system, state = OdeSystem.from_networks(student, teacher, eta=eta, eta_lam=eta_lam, eta_A=eta_A,
                                                 eta_v=eta_v, max_norm=max_norm, form=form)
-        N = student.N if N is None else N
+        N = student.N if N is None else check_int("N", N)
     else:
         if state is None:
             raise ValueError("system= needs state=")
@@ -80,7 +80,7 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
         if any(r is not None for r in (eta, eta_lam, eta_A, eta_v)) or max_norm != 1e2:
             raise ValueError("eta, eta_lam, eta_A, eta_v and max_norm come from system=; set them in "
                              "OdeSystem.from_state")
-        N = None
+        N = None if N is None else check_int("N", N)
     alpha = output_times(alpha, alpha_max, points)
     if method not in ("auto", "euler") + SOLVE_IVP_METHODS:
         raise ValueError(f"method must be one of 'auto', 'euler', {', '.join(map(repr, SOLVE_IVP_METHODS))}, "
