@@ -225,6 +225,11 @@ def _run_and_write(args, run, name, group, what):
         step(what(args))
         traj = run(**spec)
     print(f"{name}: {traj.summary()}")
+    if traj.eps_g_sd is not None:
+        valid = traj.fluct_valid_until
+        print(f"finite-N theory at N = {traj.params['N']}: one run's eps_g at alpha = {traj.alpha[-1]:.3g} is "
+              f"{traj.eps_g[-1] + traj.eps_g_bias[-1]:.3g} +- {traj.eps_g_sd[-1]:.2g} (sd); "
+              + ("valid throughout" if valid == np.inf else f"valid until alpha = {valid:.3g}"))
     _write(out, {group: traj})
 
 
@@ -421,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(o, run_ode, MODEL_OPTIONS + DYNAMICS_OPTIONS + RUN_OPTIONS)
     o.add_argument("--method", default="auto", help="auto (LSODA), a scipy solve_ivp method (Radau, BDF, RK45, DOP853) "
                                                      "or euler (default: auto)")
+    o.add_argument("--fluctuations", choices=("fixed", "fresh"), default=False,
+                   help="add the finite-N theory at N (theory/finite_size.md): the predicted spread and bias of SGD "
+                        "runs started from these very networks (fixed) or from freshly drawn ones (fresh); 'plot' "
+                        "draws the band of single runs (default: off)")
     o.add_argument("--out", default=f"{OUT}/ode.h5", help=f"HDF5 file (default: {OUT}/ode.h5)")
     o.add_argument("--quiet", action="store_true", help="no progress bar (there is none either when stderr is not "
                                                           "a terminal)")

@@ -14,7 +14,7 @@ import inspect
 from .dynamics import Dynamics
 from .model import Student, Teacher, default_modes
 from .ode import integrate
-from .runsetup import alpha_grid, check_choice, check_int, check_seed
+from .runsetup import alpha_grid, check_choice, check_fluctuation_mode, check_int, check_seed
 from .sgd import METHODS, simulate
 from .trajectory import Trajectory
 
@@ -72,17 +72,18 @@ _D = Dynamics.__dataclass_fields__
 def run_ode(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes", init="large", train=None,
             teacher_seed=0, student_seed=1, sigma=0.0, weight_decay=0.0, batch=1, activation="erf", eta=5.0,
             eta_lam=None, eta_A=None, eta_v=None, max_norm=_D["max_norm"].default, alpha_max=1e5, points=200,
-            method="auto") -> Trajectory:
+            method="auto", fluctuations=False) -> Trajectory:
     """ODE run of the model :func:`networks` builds; the default ``run`` of :func:`onlinemdl.scan`.
 
-    The remaining parameters go to :func:`onlinemdl.integrate`. ``params["spec"]`` of the
-    returned Trajectory records every argument, so ``run_ode(**traj.params["spec"])`` repeats it.
+    The remaining parameters go to :func:`onlinemdl.integrate` (``fluctuations``: False, True, "fixed" or
+    "fresh", the finite-N theory at the networks' N). ``params["spec"]`` of the returned Trajectory
+    records every argument, so ``run_ode(**traj.params["spec"])`` repeats it.
     """
     spec = dict(locals())
     _check_ode(spec)
     t, s = networks(**{k: spec[k] for k in NETWORK_PARAMS})
     traj = integrate(s, t, eta=eta, eta_lam=eta_lam, eta_A=eta_A, eta_v=eta_v, max_norm=max_norm,
-                     alpha_max=alpha_max, points=points, method=method)
+                     alpha_max=alpha_max, points=points, method=method, fluctuations=fluctuations)
     traj.params["spec"] = spec
     return traj
 
@@ -142,6 +143,7 @@ def _check_ode(p: dict):
     _check_common(p)
     from .ode.integrate import SOLVE_IVP_METHODS
     check_choice("method", p["method"], ("auto", "euler") + SOLVE_IVP_METHODS)
+    check_fluctuation_mode(p["fluctuations"])
 
 
 def _check_simulation(p: dict):

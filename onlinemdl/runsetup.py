@@ -40,6 +40,13 @@ def check_choice(name: str, value, allowed) -> str:
     return value
 
 
+def check_fluctuation_mode(value):
+    """``integrate``'s ``fluctuations``: False, True, "fixed" or "fresh" (no other numbers or strings)."""
+    if not (value is False or value is True or (isinstance(value, str) and value in ("fixed", "fresh"))):
+        raise ValueError(f'fluctuations must be False, True, "fixed" or "fresh", got {value!r}')
+    return value
+
+
 def check_seed(name: str, seed, allow_none: bool = False):
     """The one seed rule: an integer >= 0 (or None where fresh entropy is allowed)."""
     if seed is None and allow_none:

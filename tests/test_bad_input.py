@@ -41,7 +41,7 @@ CLASSES = {
     "fraction": st.floats(min_value=0.01, max_value=1e6, allow_nan=False).filter(lambda x: x != int(x)),
     "choice-text": st.text(min_size=0, max_size=6).filter(lambda t: t not in (
         "erf", "linear", "modes", "random", "orthonormal", "teacher-modes", "full", "large", "small", "informed",
-        "auto", "euler", "RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA", "gram", "explicit")),
+        "auto", "euler", "RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA", "gram", "explicit", "fixed", "fresh")),
     "choice-number": st.integers() | st.floats(allow_nan=False),
 }
 
@@ -68,13 +68,14 @@ def _cases():
     for name, classes in RUN_PARAMS.items():
         for c in classes:
             cases.append(("run_ode", name, c))
+    cases += [("run_ode", "fluctuations", c) for c in CHOICE]
     for name, classes in {**{k: v for k, v in RUN_PARAMS.items() if k not in ("method",)}, **SIM_PARAMS}.items():
         for c in classes:
             if name in ("N", "M", "K", "p", "teacher", "student", "init", "points") and c not in ("negative", "string"):
                 continue  # the same check as run_ode's; two classes suffice
             cases.append(("run_simulation", name, c))
     for name, classes in {"eta": POS, "alpha_max": POS, "rtol": POS[:5], "atol": POS[:5], "points": INT,
-                          "max_norm": POS[:4], "method": CHOICE, "eta_lam": NONNEG_OPT[:3]}.items():
+                          "max_norm": POS[:4], "method": CHOICE, "eta_lam": NONNEG_OPT[:3], "fluctuations": CHOICE}.items():
         for c in classes:
             cases.append(("integrate", name, c))
     for name, classes in {"eta": POS[:4], "replicas": INT[:4], "seed": SEED, "threads": INT_OPT[:3],

@@ -49,7 +49,8 @@ def files(path):
 @pytest.mark.parametrize("command, expected", [
     ([], ["demo", "ode", "simulate", "scan", "plot"]),
     (["demo"], ["--alpha-max", "--replicas", "--method", "--seed", "--out", "onlinemdl_out"]),
-    (["ode"], ["--N", "--eta", "--eta-A", "--train", "--teacher-seed", "--alpha-max", "--points", "--method", "--out"]),
+    (["ode"], ["--N", "--eta", "--eta-A", "--train", "--teacher-seed", "--alpha-max", "--points", "--method",
+               "--fluctuations", "--out"]),
     (["simulate"], ["--N", "--eta", "--replicas", "--seed", "--threads", "{gram,explicit}", "--out"]),
     (["scan"], ["config", "--store", "--workers", "--scheduler", "[grid]", "[[points]]"]),
     (["plot"], ["file", "--out"]),
@@ -102,6 +103,19 @@ def test_ode_simulate_plot_end_to_end(cli, tmp_path):
     save_trajectory(ode, "single.h5")
     code, out, _ = cli("plot", "single.h5", "--out", "figs/single.png")
     assert code == 0 and (tmp_path / "figs" / "single.png").exists()
+
+
+def test_ode_with_the_finite_n_theory(cli, tmp_path):
+    code, out, err = cli("ode", *TINY, "--eta", "0.5", "--fluctuations", "fixed", "--out", "fl.h5")
+    assert code == 0, err
+    assert "finite-N theory at N = 10: one run's eps_g at alpha = 5" in out
+    ode = load_trajectory("fl.h5", "ode")
+    assert ode.params["fluctuations"] == "fixed" and ode.params["spec"]["fluctuations"] == "fixed"
+    assert ode.eps_g_sd.shape == ode.eps_g.shape and np.all(ode.eps_g_sd[1:] > 0)
+    code, out, _ = cli("plot", "fl.h5")
+    assert code == 0 and (tmp_path / "fl.png").exists()
+    code, out, err = cli("ode", *TINY, "--fluctuations", "yes", "--out", "bad.h5")
+    assert code != 0 and "--fluctuations" in err and not (tmp_path / "bad.h5").exists()
 
 
 @pytest.mark.slow

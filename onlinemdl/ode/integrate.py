@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..gaussian import eps_g as _eps_g
-from ..runsetup import check_int, check_number, diverged_message, divergence_threshold, output_times
+from ..runsetup import check_fluctuation_mode, check_int, check_number, diverged_message, divergence_threshold, output_times
 from ..trajectory import Trajectory
 from .kernels import euler
 from .system import OdeSystem
@@ -86,8 +86,7 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
         raise ValueError(f"method must be one of 'auto', 'euler', {', '.join(map(repr, SOLVE_IVP_METHODS))}, "
                          f"got {method!r}")
     rtol, atol = check_number("rtol", rtol, strict=True), check_number("atol", atol, strict=True)
-    if fluctuations not in (False, True, "fixed", "fresh"):
-        raise ValueError(f'fluctuations must be False, True, "fixed" or "fresh", got {fluctuations!r}')
+    check_fluctuation_mode(fluctuations)
     if fluctuations and not N:
         raise ValueError("fluctuations need the input dimension: give networks, or N= with state=, system=")
     sigma0 = None
