@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 
 from .dynamics import Dynamics
-from .model import Student, Teacher, default_modes
+from .model import Student, Teacher, default_modes, mode_scale
 from .ode import integrate
 from .runsetup import alpha_grid, check_choice, check_fluctuation_mode, check_int, check_seed
 from .sgd import METHODS, simulate
@@ -64,6 +64,17 @@ def networks(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes"
     return t, s
 
 
+def init_variance(N, student, init) -> float:
+    """``E[G_aa]`` of the N-dimensional weights that :func:`networks` draws (``Xi`` of a mode student:
+    ``mode_scale(N)^2``; ``W`` of a full one: 1 for ``init="large"``, ``1/N`` for "small"), the
+    ``init_variance`` of ``integrate(..., fluctuations="fresh")``. "informed" weights are not i.i.d.: refused."""
+    if student in ("teacher-modes", "modes"):
+        return mode_scale(N) ** 2
+    if init == "informed":
+        raise ValueError('fluctuations="fresh" needs i.i.d. initial weights: not init="informed"')
+    return 1.0 if init == "large" else 1.0 / N
+
+
 #: Parameters of :func:`networks`, in order.
 NETWORK_PARAMS = tuple(inspect.signature(networks).parameters)
 _D = Dynamics.__dataclass_fields__
@@ -76,14 +87,17 @@ def run_ode(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes",
     """ODE run of the model :func:`networks` builds; the default ``run`` of :func:`onlinemdl.scan`.
 
     The remaining parameters go to :func:`onlinemdl.integrate` (``fluctuations``: False, True, "fixed" or
-    "fresh", the finite-N theory at the networks' N). ``params["spec"]`` of the returned Trajectory
-    records every argument, so ``run_ode(**traj.params["spec"])`` repeats it.
+    "fresh", the finite-N theory at the networks' N; with "fresh", for runs whose N-dimensional weights
+    are drawn afresh as :func:`networks` draws them, whose variance it passes on as ``init_variance``).
+    ``params["spec"]`` of the returned Trajectory records every argument, so
+    ``run_ode(**traj.params["spec"])`` repeats it.
     """
     spec = dict(locals())
     _check_ode(spec)
     t, s = networks(**{k: spec[k] for k in NETWORK_PARAMS})
+    fresh = dict(init_variance=init_variance(N, student, init)) if fluctuations == "fresh" else {}
     traj = integrate(s, t, eta=eta, eta_lam=eta_lam, eta_A=eta_A, eta_v=eta_v, max_norm=max_norm,
-                     alpha_max=alpha_max, points=points, method=method, fluctuations=fluctuations)
+                     alpha_max=alpha_max, points=points, method=method, fluctuations=fluctuations, **fresh)
     traj.params["spec"] = spec
     return traj
 
@@ -143,7 +157,8 @@ def _check_ode(p: dict):
     _check_common(p)
     from .ode.integrate import SOLVE_IVP_METHODS
     check_choice("method", p["method"], ("auto", "euler") + SOLVE_IVP_METHODS)
-    check_fluctuation_mode(p["fluctuations"])
+    if check_fluctuation_mode(p["fluctuations"]) == "fresh":
+        init_variance(p["N"], p["student"], p["init"])
 
 
 def _check_simulation(p: dict):

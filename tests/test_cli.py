@@ -116,6 +116,8 @@ def test_ode_with_the_finite_n_theory(cli, tmp_path):
     assert code == 0 and (tmp_path / "fl.png").exists()
     code, out, err = cli("ode", *TINY, "--fluctuations", "yes", "--out", "bad.h5")
     assert code != 0 and "--fluctuations" in err and not (tmp_path / "bad.h5").exists()
+    code, out, err = cli("ode", *TINY, "--init", "informed", "--fluctuations", "fresh", "--out", "bad.h5")
+    assert code != 0 and "i.i.d. initial weights" in err and not (tmp_path / "bad.h5").exists()
 
 
 @pytest.mark.slow

@@ -396,6 +396,28 @@ def test_fresh_initial_covariance_matches_sampled_networks():
         om.integrate(one, teacher, eta=1.0, alpha=[0, 1], fluctuations="fresh", init_variance=-1.0)
 
 
+def test_fresh_xi_that_is_not_trained_matches_the_gram_chain():
+    """Fresh Xi makes Rm and S random also when Xi is not trained (only lam, A): 1000 runs, each from
+    its own Xi, against the "fresh" prediction with the initializer's variance; the spread (nonzero
+    from the start) within 10%, the bias-corrected mean within 3 standard errors."""
+    N, runs = 200, 1000
+    alpha = np.array([0.0, 1, 2, 5, 10])
+    teacher = om.Teacher.modes(N, 2, p=2, seed=0)
+    student = om.Student.modes(N, 2, 2, seed=1, train=("lam", "A"))
+    scale2 = om.model.mode_scale(N) ** 2
+    theory = om.integrate(student, teacher, eta=1.0, alpha=alpha, fluctuations="fresh", init_variance=scale2)
+    assert theory.fluct_valid_until == np.inf and theory.eps_g_sd[0] > 0
+    e = np.array([np.atleast_2d(om.simulate(om.Student(A=student.A, lam=student.lam, train=("lam", "A"),
+                                                       Xi=np.sqrt(scale2) * np.random.default_rng(1000 + i)
+                                                       .standard_normal((N, 2))),
+                                            teacher, eta=1.0, alpha=alpha, replicas=1, seed=i).eps_g)[0]
+                  for i in range(runs)])
+    sd = e.std(0, ddof=1)
+    assert np.max(np.abs(sd / theory.eps_g_sd - 1)) < 0.1, sd / theory.eps_g_sd
+    z = (e.mean(0) - theory.eps_g - theory.eps_g_bias) / (sd / np.sqrt(runs))
+    assert np.max(np.abs(z)) < 3, z
+
+
 @pytest.mark.slow
 def test_fresh_initial_weights_match_the_gram_chain():
     """1000 runs, each from its own freshly drawn student (N = 1000, K = M = 2): the spread of eps_g

@@ -680,8 +680,6 @@ def initial_covariance(system: OdeSystem, y0, N: int, scale2: float) -> np.ndarr
     r, M = G.shape[0], system.M
     d = np.asarray(y0).size
     Sig = np.zeros((d, d))
-    if not system.dynamics.trains_n:
-        return Sig
     iu = list(zip(*triu_indices(r)))
     for x, (a, b) in enumerate(iu):
         for z, (c, e) in enumerate(iu):
