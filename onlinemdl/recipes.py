@@ -158,7 +158,7 @@ def _check_ode(p: dict):
     from .ode.integrate import SOLVE_IVP_METHODS
     check_choice("method", p["method"], ("auto", "euler") + SOLVE_IVP_METHODS)
     if check_fluctuation_mode(p["fluctuations"]) == "fresh":
-        init_variance(p["N"], p["student"], p["init"])
+        init_variance(p["N"], p["student"], p["init"])  # refuses "informed" weights before any work
 
 
 def _check_simulation(p: dict):

@@ -439,7 +439,7 @@ def _lyap(J, V):
 
 
 def _halvings(J, h) -> int:
-    """How often to halve ``h`` so that ``h ||J||_1 <= 1/2``: the Taylor series of :func:`_step` then
+    """How often to halve ``h`` so that ``h ||J||_1 <= 1/2``: the Taylor series of :func:`_taylor_step` then
     converge like ``1/k!`` and without cancellation (for large ``h ||J||`` their terms would grow
     before they fall and swamp the result in rounding errors)."""
     return max(0, math.ceil(math.log2(max(2.0 * h * float(np.abs(J).sum(axis=0).max()), 1.0))))

@@ -143,12 +143,11 @@ def _with_fluctuations(traj, system, y0, N, sigma0, rtol, atol, mode, dense):
     late = traj.alpha[0] > 0  # the runs start at alpha = 0 whatever the first output
     alpha = np.concatenate(([0.0], traj.alpha)) if late else traj.alpha
     P = predict(system, y0, alpha, N, Sigma0=sigma0, rtol=rtol, atol=atol, sol=dense)
-    if late:
-        P = dict(P, **{k: P[k][1:] for k in ("cov", "bias", "eps_g_sd", "eps_g_bias", "Q_sd", "R_sd")})
+    out = slice(int(late), None)  # the trajectory's own output times
     params = dict(traj.params, fluctuations="fresh" if mode == "fresh" else "fixed",
                   fluct_wall_time=time.perf_counter() - t0, fluct_nodes=int(P["nodes"].size))
-    return replace(traj, eps_g_sd=P["eps_g_sd"], eps_g_bias=P["eps_g_bias"], Q_sd=P["Q_sd"], R_sd=P["R_sd"],
-                   cov=P["cov"], bias=P["bias"], fluct_valid_until=P["valid_until"], params=params)
+    return replace(traj, **{k: P[k][out] for k in ("eps_g_sd", "eps_g_bias", "Q_sd", "R_sd", "cov", "bias")},
+                   fluct_valid_until=P["valid_until"], params=params)
 
 
 def _run_adaptive(system, y0, alpha, method, rtol, atol, max_q, dense=False):
