@@ -42,6 +42,8 @@ QMC_FULL = 13
 SPLIT_SHARE = 0.05
 _SQRT2 = math.sqrt(2.0)
 _DG = math.sqrt(2.0 / math.pi)
+_GAUSS = 0.5 + np.array([-1.0, 1.0]) * math.sqrt(3.0) / 6  # Gauss-Legendre points on [0, 1]
+_MAGNUS = math.sqrt(3.0) / 12  # the fourth-order Magnus term's factor over h (eq. P1)
 _POINTS: dict = {}
 
 
@@ -477,25 +479,26 @@ def _taylor_step(J, V, hs, halvings):
     return Phi, Q, powers
 
 
-def _step(J0, J1, V0, V1, h):
-    """One step of :func:`propagate` over ``h`` for ``Sigma``: ``J`` and ``V`` linear between their end
-    values, to second order in the Magnus expansion (theory/finite_size.md eq. P1). Returns ``Phi``,
-    ``Qh`` (``Sigma_1 = Phi Sigma_0 Phi^T + Qh``), the step's ``J`` and the doubling's ``levels``; with the
-    step's ``J``, ``V``: ``Phi = e^{hJ}``, ``Qh = int_0^h e^{tJ} V e^{tJ^T} dt``, both from their Taylor
-    series over ``h' = h / 2^m`` with ``h' ||J||_1 <= 1/2`` (:func:`_halvings`), doubled ``m`` times
-    (:func:`_taylor_step`). ``levels = (h', [Phi(h'), Phi(2h'), ...])`` serve :func:`_forced`."""
-    J = 0.5 * (J0 + J1) + h / 12 * (J1 @ J0 - J0 @ J1)
-    V = 0.5 * (V0 + V1) + h / 12 * (_lyap(J1, V0) - _lyap(J0, V1))
+def _step(J1, J2, V1, V2, h):
+    """One step of :func:`propagate` over ``h`` for ``Sigma``, from ``J`` and ``V`` at the step's two
+    Gauss-Legendre points (:func:`_gauss_values`): the fourth-order Magnus integrator (theory/finite_size.md
+    eq. P1). Returns ``Phi``, ``Qh`` (``Sigma_1 = Phi Sigma_0 Phi^T + Qh``), the step's ``J`` and the
+    doubling's ``levels``; with the step's ``J``, ``V``: ``Phi = e^{hJ}``, ``Qh = int_0^h e^{tJ} V e^{tJ^T} dt``,
+    both from their Taylor series over ``h' = h / 2^m`` with ``h' ||J||_1 <= 1/2`` (:func:`_halvings`),
+    doubled ``m`` times (:func:`_taylor_step`). ``levels = (h', [Phi(h'), Phi(2h'), ...])`` serve :func:`_forced`."""
+    c = _MAGNUS * h
+    J = 0.5 * (J1 + J2) + c * (J2 @ J1 - J1 @ J2)
+    V = 0.5 * (V1 + V2) + c * (_lyap(J2, V1) - _lyap(J1, V2))
     halvings = _halvings(J, h)
     hs = h / 2**halvings
     Phi, Qh, powers = _taylor_step(J, V, hs, halvings)
     return Phi, (Qh + Qh.T) / 2, J, (hs, powers)
 
 
-def _mean_forcing(J0, J1, s0, s1, h):
-    """The step's bias forcing for ``s`` linear between ``s0`` and ``s1``: ``(s0 + s1) / 2 + h/12 (J1 s0 - J0 s1)``
-    (Magnus term of eq. P1)."""
-    return 0.5 * (s0 + s1) + h / 12 * (J1 @ s0 - J0 @ s1)
+def _mean_forcing(J1, J2, s1, s2, h):
+    """The step's bias forcing from ``J`` and ``s`` at its Gauss-Legendre points:
+    ``(s1 + s2) / 2 + sqrt(3) h / 12 (J2 s1 - J1 s2)`` (Magnus term of eq. P1)."""
+    return 0.5 * (s1 + s2) + _MAGNUS * h * (J2 @ s1 - J1 @ s2)
 
 
 def _forced(J, levels, s):
@@ -515,16 +518,49 @@ def _forced(J, levels, s):
     return c
 
 
+def _lagrange(nodes, k, t):
+    """Stencil start ``lo`` and weights (len(t), m) of the polynomial through ``m = min(4, n)`` consecutive
+    nodes around the interval ``[nodes[k], nodes[k + 1]]``, evaluated at the times ``t`` in it: a node
+    quantity's values at ``t`` are ``weights @ values[lo:lo + m]``. Of the stencils that contain the
+    interval, the one with the smallest weights (its nodes least clustered: large weights would amplify
+    the node values' own errors)."""
+    n = len(nodes)
+    m = min(4, n)
+    t = np.atleast_1d(np.asarray(t, float))
+    best = None
+    for lo in range(max(0, k + 2 - m), min(k, n - m) + 1):
+        x = np.asarray(nodes[lo:lo + m], float)
+        W = np.ones((t.size, m))
+        for j in range(m):
+            for i in range(m):
+                if i != j:
+                    W[:, j] *= (t - x[i]) / (x[j] - x[i])
+        size = np.abs(W).sum(axis=1).max()
+        if best is None or size < best[0] - 1e-12:
+            best = size, lo, W
+    return best[1], best[2]
+
+
+def _gauss_values(nodes, values, k):
+    """A node quantity (``values[j]`` at ``nodes[j]``) at the two Gauss-Legendre points
+    ``nodes[k] + (1/2 -+ sqrt(3)/6) h`` of step ``k``, from the cubic through its four nearest nodes
+    (:func:`_lagrange`; eq. P2): the fourth-order Magnus step needs them to O(h^4)."""
+    h = nodes[k + 1] - nodes[k]
+    lo, W = _lagrange(nodes, k, nodes[k] + _GAUSS * h)
+    return np.tensordot(W, np.asarray(values[lo:lo + W.shape[1]]), 1)
+
+
 def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: bool = True,
               log2: int | None = None, noise=None, jacobians=None):
     """``Sigma`` and ``b`` at the ``nodes`` (increasing alpha) of an ODE solution ``ys``.
 
     ``Sigma0``, ``b0``: their initial values (default 0: runs started from the very networks
-    of the ODE). Each step takes ``J``, ``V`` and the forcing ``s = H:Sigma/2 + f_1`` of ``b`` as
-    linear between their node values, to second order in the Magnus expansion: the averages plus
-    ``h/12`` times the commutators of the end values, ``[J_1, J_0]``, ``L_1 V_0 - L_0 V_1`` (``L X =
-    J X + X J^T``) and ``J_1 s_0 - J_0 s_1``. It is exact for constant coefficients (matrix
-    exponentials), so stiff systems need no small steps.
+    of the ODE). Each step is the fourth-order Magnus integrator (theory/finite_size.md eq. P1) of the
+    linear systems for ``Sigma`` and ``b``, with ``J``, ``V`` and the forcing ``s = H:Sigma/2 + f_1`` of
+    ``b`` at the step's two Gauss-Legendre points from the cubics through their four nearest node values
+    (eq. P2). It is exact for constant coefficients (matrix exponentials), so stiff systems need no small
+    steps, and its error falls like ``h^4``. ``b``'s step ``k`` needs ``s`` up to node ``max(k + 2, 3)``,
+    hence ``Sigma`` there: it follows two steps behind ``Sigma``'s.
     ``noise``, ``jacobians``: the node values of ``V`` and ``J`` when the caller has them (default:
     computed here).
     Returns ``(Sigma, b)`` of shapes (n, d, d) and (n, d); ``b`` is zero when ``bias`` is False.
@@ -535,31 +571,38 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     bb = np.zeros((n, d))
     Sig[0] = 0 if Sigma0 is None else Sigma0
     bb[0] = 0 if b0 is None else b0
+    Js = [system.jacobian(y) for y in ys] if jacobians is None else list(jacobians)
+    shared = noise is None or (bias and system.dynamics.trains_n)  # V and the drift share the field moments
+    moments = [_delta_moments(system, y) if shared else None for y in ys]
+    Vs = [noise_covariance(system, y, log2, moments=m) for y, m in zip(ys, moments)] if noise is None else noise
+    forcing = np.zeros((n, d))
+    steps = {}  # step k's (Phi, J, levels) until b has taken it
 
-    def node(k):  # J, V and the field moments that V and the drift share
-        J = system.jacobian(ys[k]) if jacobians is None else jacobians[k]
-        shared = noise is None or (bias and system.dynamics.trains_n)
-        moments = _delta_moments(system, ys[k]) if shared else None
-        return J, noise_covariance(system, ys[k], log2, moments=moments) if noise is None else noise[k], moments
-
-    def forcing(k, J, moments):
-        force = finite_n_drift(system, ys[k], J, moments)
+    def force(k):  # s = H:Sigma / 2 + f_1 at node k
+        forcing[k] = finite_n_drift(system, ys[k], Js[k], moments[k])
         if np.any(Sig[k]):
-            force = force + 0.5 * hessian_contraction(system.rhs_many, ys[k], Sig[k], J)
-        return force
+            forcing[k] += 0.5 * hessian_contraction(system.rhs_many, ys[k], Sig[k], Js[k])
 
-    J0, V0, moments = node(0)
-    s0 = forcing(0, J0, moments) if bias else None
+    def bias_step(k):
+        Phi, J, levels = steps.pop(k)
+        J1, J2 = _gauss_values(nodes, Js, k)
+        s1, s2 = _gauss_values(nodes, forcing, k)
+        bb[k + 1] = Phi @ bb[k] + _forced(J, levels, _mean_forcing(J1, J2, s1, s2, nodes[k + 1] - nodes[k]))
+
+    if bias:
+        force(0)
     for k in range(n - 1):
-        J1, V1, moments = node(k + 1)
-        h = nodes[k + 1] - nodes[k]
-        Phi, Qh, J, levels = _step(J0, J1, V0, V1, h)
+        J1, J2 = _gauss_values(nodes, Js, k)
+        V1, V2 = _gauss_values(nodes, Vs, k)
+        Phi, Qh, J, levels = _step(J1, J2, V1, V2, nodes[k + 1] - nodes[k])
         Sig[k + 1] = Phi @ Sig[k] @ Phi.T + Qh
-        if bias:  # the forcing at k + 1 needs Sigma there
-            s1 = forcing(k + 1, J1, moments)
-            bb[k + 1] = Phi @ bb[k] + _forced(J, levels, _mean_forcing(J0, J1, s0, s1, h))
-            s0 = s1
-        J0, V0 = J1, V1
+        if bias:
+            steps[k] = Phi, J, levels
+            force(k + 1)
+            if k >= 2:  # step k - 2's stencil reaches node max(k, 3)
+                bias_step(k - 2)
+    for k in sorted(steps):
+        bias_step(k)
     return Sig, bb
 
 
@@ -692,13 +735,14 @@ def initial_covariance(system: OdeSystem, y0, N: int, scale2: float) -> np.ndarr
     return Sig
 
 
-def node_grid(sol, alpha, per_decade: int = 10, dy_tol: float = 0.02, max_depth: int = 6,
+def node_grid(sol, alpha, per_decade: int = 5, dy_tol: float = 0.05, max_depth: int = 6,
               max_outputs: int = 40) -> np.ndarray:
     """Nodes of :func:`propagate` for the output times ``alpha`` of the ODE solution ``sol`` (dense).
 
     ``per_decade`` log-spaced times from the first positive output (or ``alpha_max / 100``) to
     the last, the first and the last output, all outputs when there are at most
-    ``max_outputs``, and points inserted by bisection (up to ``max_depth`` times) wherever the
+    ``max_outputs`` (a log-spaced time within a quarter of its spacing of one of those is left out:
+    :func:`_gauss_values` needs nodes that do not cluster), and points inserted by bisection (up to ``max_depth`` times) wherever the
     state moves by more than ``dy_tol`` x its scale between two nodes.
     """
     alpha = np.asarray(alpha, float)
@@ -706,8 +750,11 @@ def node_grid(sol, alpha, per_decade: int = 10, dy_tol: float = 0.02, max_depth:
     pos = alpha[alpha > a0]
     lo = min(pos[0] - a0, 1e-2 * (a1 - a0)) if pos.size else a1 - a0
     count = max(2, int(math.ceil(per_decade * math.log10(max((a1 - a0) / lo, 1.0)))) + 1)
-    base = a0 + np.geomspace(lo, a1 - a0, count)
-    base = np.unique(np.concatenate(([a0, a1], base, alpha if alpha.size <= max_outputs else [])))
+    rel = np.geomspace(lo, a1 - a0, count)
+    given = np.unique(np.concatenate(([a0, a1], alpha if alpha.size <= max_outputs else [])))
+    spacing = rel * (1 - (lo / (a1 - a0)) ** (1 / (count - 1)))  # to the log-spaced time below
+    apart = np.min(np.abs(a0 + rel[:, None] - given[None, :]), axis=1) > 0.25 * spacing
+    base = np.unique(np.concatenate((given, a0 + rel[apart])))  # no log-spaced time next to a given one
     scale = max(1.0, float(np.max(np.abs(sol(a1)))), float(np.max(np.abs(sol(a0)))))
     nodes = [base[0]]
     for a, b in zip(base[:-1], base[1:]):
@@ -746,23 +793,29 @@ def refine_by_jacobian(system: OdeSystem, sol, nodes, jac_tol: float, y0=None, m
 
 
 def _interpolate(nodes, values, alpha, geometric: bool = False):
-    """Interpolation of ``values`` (n_nodes, ...) to the times ``alpha``: piecewise linear, or with
-    ``geometric`` log-linear in ``|value|`` between nodes of the same strict sign (exact for the
-    exponential relaxation of a converging run; linear elsewhere)."""
+    """Interpolation of ``values`` (n_nodes, ...) to the times ``alpha``: the cubic through the four nodes
+    nearest each output's interval (:func:`_lagrange`), or with ``geometric`` (for variances) the cubic in
+    ``log(value)`` where those four values are positive (exact for the exponential relaxation of a
+    converging run; the plain cubic elsewhere). Not in log for signed quantities: near a zero crossing
+    their logarithm bends sharply and its cubic overshoots."""
+    values, alpha = np.asarray(values, float), np.asarray(alpha, float)
     k = np.clip(np.searchsorted(nodes, alpha, side="right") - 1, 0, len(nodes) - 2)
-    w = ((alpha - nodes[k]) / (nodes[k + 1] - nodes[k])).reshape((-1,) + (1,) * (values.ndim - 1))
-    v0, v1 = values[k], values[k + 1]
-    out = (1 - w) * v0 + w * v1
-    if geometric:
-        same = v0 * v1 > 0
-        a0, a1 = np.abs(np.where(same, v0, 1.0)), np.abs(np.where(same, v1, 1.0))
-        out = np.where(same, np.sign(v0) * a0 ** (1 - w) * a1**w, out)
+    out = np.empty((alpha.size,) + values.shape[1:])
+    for step in np.unique(k):
+        at = k == step
+        lo, W = _lagrange(nodes, step, alpha[at])
+        v = values[lo:lo + W.shape[1]]
+        cubic = np.tensordot(W, v, 1)
+        if geometric:
+            positive = np.all(v > 0, axis=0)
+            cubic = np.where(positive, np.exp(np.tensordot(W, np.log(np.where(positive, v, 1.0)), 1)), cubic)
+        out[at] = cubic
     return out
 
 
 def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bool = True, rtol: float = 1e-8,
-            atol: float = 1e-10, log2: int | None = None, dy_tol: float = 0.02, tol: float = 0.1,
-            per_decade: int = 10, jac_tol: float = 1e-4, sol=None) -> dict:
+            atol: float = 1e-10, log2: int | None = None, dy_tol: float = 0.05, tol: float = 0.1,
+            per_decade: int = 5, jac_tol: float = 1e-3, sol=None) -> dict:
     """The finite-N predictions at the output times ``alpha`` (starting at the initial state).
 
     Returns a dict: ``cov`` (n, d, d) = ``Sigma / N``, the covariance of the state vector across
@@ -792,13 +845,13 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
     K, M = system.K, system.M
     eps_sd, eps_bias, qr_sd, qr_bias = eps_g_moments(system, ys, Sig, bb, N)
     var, shift = (eps_sd ** 2, qr_sd ** 2), (eps_bias, qr_bias)
-    if nodes.size > 1:  # outputs between nodes: the state's moments linear, the observables' log-linear
+    if nodes.size > 1:  # outputs between nodes: cubics, in log for the observables' variances
         Sig, bb = _interpolate(nodes, Sig, alpha), _interpolate(nodes, bb, alpha)
         var = tuple(_interpolate(nodes, x, alpha, geometric=True) for x in var)
-        shift = tuple(_interpolate(nodes, x, alpha, geometric=True) for x in shift)
+        shift = tuple(_interpolate(nodes, x, alpha) for x in shift)
     n = alpha.size
-    qs, qb = np.sqrt(var[1]), shift[1]
-    out = dict(cov=Sig / N, bias=bb / N, eps_g_sd=np.sqrt(var[0]), eps_g_bias=shift[0],
+    qs, qb = np.sqrt(np.maximum(var[1], 0.0)), shift[1]
+    out = dict(cov=Sig / N, bias=bb / N, eps_g_sd=np.sqrt(np.maximum(var[0], 0.0)), eps_g_bias=shift[0],
                Q_sd=qs[:, :K * K].reshape(n, K, K), R_sd=qs[:, K * K:].reshape(n, K, M),
                Q_bias=qb[:, :K * K].reshape(n, K, K), R_bias=qb[:, K * K:].reshape(n, K, M), nodes=nodes)
     out["valid_until"] = valid_until
