@@ -62,7 +62,7 @@ def main():
         stats = pstats.Stats(prof)
         total = stats.total_tt
         parts = {"noise covariance V": "noise_covariance", "Jacobians": "jacobian", "H:Sigma": "hessian_contraction",
-                 "finite-N drift": "finite_n_drift", "propagation step": "_step", "bias step": "_forced",
+                 "finite-N drift": "finite_n_drift", "propagation step": "_step", "bias step": "_bias_step",
                  "moments of eps_g, Q, R": "eps_g_moments", "ODE solve (LSODA)": "solve_ivp"}
         shares = []
         for label, fn in parts.items():

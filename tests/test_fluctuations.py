@@ -255,13 +255,13 @@ def test_propagation_step_matches_direct_integration():
     V = X @ X.T
     S0, b0 = np.eye(d) * 0.3, rng.normal(size=d)
     h = 0.7
-    Phi, Qh, Jh, levels = fl._step(J, J, V, V, h)
-    c = fl._forced(Jh, levels, fl._mean_forcing(J, J, np.ones(d), np.ones(d), h))
+    S1, Jh = fl._step(J, J, V, V, h, S0)
+    b1 = fl._bias_step(Jh, b0, fl._mean_forcing(J, J, np.ones(d), np.ones(d), h), h)
     sol = solve_ivp(lambda t, x: (J @ x.reshape(d, d) + x.reshape(d, d) @ J.T + V).ravel(), (0, h), S0.ravel(),
                     rtol=1e-11, atol=1e-12)
-    np.testing.assert_allclose(Phi @ S0 @ Phi.T + Qh, sol.y[:, -1].reshape(d, d), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(S1, sol.y[:, -1].reshape(d, d), rtol=1e-7, atol=1e-9)
     sb = solve_ivp(lambda t, x: J @ x + 1.0, (0, h), b0, rtol=1e-11, atol=1e-12)
-    np.testing.assert_allclose(Phi @ b0 + c, sb.y[:, -1], rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(b1, sb.y[:, -1], rtol=1e-7, atol=1e-10)
 
 
 def test_taylor_step_equals_the_van_loan_exponential():
@@ -273,10 +273,29 @@ def test_taylor_step_equals_the_van_loan_exponential():
     X = rng.normal(size=(d, d))
     V = X @ X.T
     h = 0.5 / np.abs(J).sum(axis=0).max()
-    Phi, Q, _ = fl._taylor_step(J, V, h, 0)
+    Phi, Q = fl._taylor_step(J, V, h, 0)
     E = expm(h * np.block([[-J, V], [np.zeros((d, d)), J.T]]))
     np.testing.assert_allclose(Phi, expm(h * J), rtol=0, atol=1e-14)
     np.testing.assert_allclose(Q, E[d:, d:].T @ E[:d, d:], rtol=0, atol=1e-13 * np.abs(Q).max())
+
+
+def test_horner_step_equals_the_exponentials():
+    """Where ``h ||J||_1 <= 1/2`` the step sums ``e^{hL} Sigma_0 + int e^{tL} V`` by Horner's scheme, and ``b``'s
+    step always does (in sub-steps over longer steps): both equal scipy's exponentials (``Phi Sigma_0 Phi^T + Q`` from Van Loan's block, and the
+    augmented ``[[J, s], [0, 0]]``) to rounding."""
+    rng = np.random.default_rng(6)
+    d = 30
+    J = rng.normal(size=(d, d)) / np.sqrt(d) - np.eye(d)
+    X = rng.normal(size=(d, d))
+    V, S0, b0, s_ = X @ X.T, np.eye(d) * 0.3, rng.normal(size=d), rng.normal(size=d)
+    for h in (0.05 / np.abs(J).sum(axis=0).max(), 0.5 / np.abs(J).sum(axis=0).max()):
+        S1, _ = fl._step(J, J, V, V, h, S0)
+        E = expm(h * np.block([[-J, V], [np.zeros((d, d)), J.T]]))
+        Phi = expm(h * J)
+        np.testing.assert_allclose(S1, Phi @ S0 @ Phi.T + E[d:, d:].T @ E[:d, d:], rtol=0, atol=1e-13 * np.abs(S1).max())
+    for h in (0.05 / np.abs(J).sum(axis=0).max(), 0.5 / np.abs(J).sum(axis=0).max(), 3.0):  # 3.0: sub-steps
+        A = expm(h * np.block([[J, s_[:, None]], [np.zeros((1, d + 1))]]))
+        np.testing.assert_allclose(fl._bias_step(J, b0, s_, h), A[:d, :d] @ b0 + A[:d, d], rtol=0, atol=1e-13)
 
 
 def test_propagation_step_is_accurate_over_long_steps():
@@ -289,14 +308,14 @@ def test_propagation_step_is_accurate_over_long_steps():
     X = rng.normal(size=(d, d))
     V = X @ X.T
     h, S0, b0, s_ = 20.0, np.eye(d) * 0.3, rng.normal(size=d), rng.normal(size=d)
-    Phi, Qh, Jh, levels = fl._step(J, J, V, V, h)
-    c = fl._forced(Jh, levels, fl._mean_forcing(J, J, s_, s_, h))
+    S1, Jh = fl._step(J, J, V, V, h, S0)
+    b1 = fl._bias_step(Jh, b0, fl._mean_forcing(J, J, s_, s_, h), h)
     x = solve_ivp(lambda t, x: np.concatenate(((J @ x[:d * d].reshape(d, d) + x[:d * d].reshape(d, d) @ J.T + V).ravel(),
                                                J @ x[d * d:] + s_)),
                   (0, h), np.concatenate((S0.ravel(), b0)), method="DOP853", rtol=1e-11, atol=1e-12).y[:, -1]
-    np.testing.assert_allclose(Phi @ S0 @ Phi.T + Qh, x[:d * d].reshape(d, d), rtol=1e-7, atol=1e-8 * np.abs(x).max())
-    np.testing.assert_allclose(Phi @ b0 + c, x[d * d:], rtol=1e-7, atol=1e-8 * np.abs(x).max())
-    assert np.linalg.eigvalsh(Qh).min() > -1e-10 * np.linalg.eigvalsh(Qh).max()
+    np.testing.assert_allclose(S1, x[:d * d].reshape(d, d), rtol=1e-7, atol=1e-8 * np.abs(x).max())
+    np.testing.assert_allclose(b1, x[d * d:], rtol=1e-7, atol=1e-8 * np.abs(x).max())
+    assert np.linalg.eigvalsh(S1).min() > -1e-10 * np.linalg.eigvalsh(S1).max()
 
 
 def test_propagation_step_is_fourth_order():
@@ -320,26 +339,35 @@ def test_propagation_step_is_fourth_order():
             return np.concatenate(((J(t) @ S + S @ J(t).T + V(t)).ravel(), J(t) @ x[d * d:] + s(t)))
         x = solve_ivp(f, (0, h), np.concatenate((S0.ravel(), b0)), method="DOP853", rtol=1e-13, atol=1e-14).y[:, -1]
         t1, t2 = fl._GAUSS * h
-        Phi, Qh, Jh, levels = fl._step(J(t1), J(t2), V(t1), V(t2), h)
-        c = fl._forced(Jh, levels, fl._mean_forcing(J(t1), J(t2), s(t1), s(t2), h))
-        return np.array([np.abs(Phi @ S0 @ Phi.T + Qh - x[:d * d].reshape(d, d)).max(),
-                         np.abs(Phi @ b0 + c - x[d * d:]).max()])
+        S1, Jh = fl._step(J(t1), J(t2), V(t1), V(t2), h, S0)
+        b1 = fl._bias_step(Jh, b0, fl._mean_forcing(J(t1), J(t2), s(t1), s(t2), h), h)
+        return np.array([np.abs(S1 - x[:d * d].reshape(d, d)).max(), np.abs(b1 - x[d * d:]).max()])
 
     e1, e2 = error(0.1), error(0.05)
     assert np.all(e1 < 1e-4), e1
     assert np.all(e1 / e2 > 24), e1 / e2
 
 
-def test_gauss_values_are_exact_for_cubics():
+def test_gauss_weights_and_interpolation_are_exact_for_cubics():
     nodes = np.array([0.0, 0.3, 1.0, 1.1, 2.5, 4.0])
     cubic = lambda t: 1 - 2 * t + 0.5 * t**2 - 0.3 * t**3  # noqa: E731
-    for k in range(nodes.size - 1):
+    for k, weights in enumerate(fl._gauss_weights(nodes)):
         t = nodes[k] + fl._GAUSS * (nodes[k + 1] - nodes[k])
-        np.testing.assert_allclose(fl._gauss_values(nodes, cubic(nodes), k), cubic(t), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(fl._at(weights, cubic(nodes)), cubic(t), rtol=1e-12, atol=1e-12)
     alpha = np.linspace(0, 4, 33)
-    np.testing.assert_allclose(fl._interpolate(nodes, cubic(nodes), alpha), cubic(alpha), rtol=1e-12, atol=1e-12)
+    plan = fl._interpolation(nodes, alpha)
+    np.testing.assert_allclose(fl._interpolate(plan, cubic(nodes)), cubic(alpha), rtol=1e-12, atol=1e-12)
     grow = np.exp(0.7 * nodes)
-    np.testing.assert_allclose(fl._interpolate(nodes, grow, alpha, geometric=True), np.exp(0.7 * alpha), rtol=1e-12)
+    np.testing.assert_allclose(fl._interpolate(plan, grow, geometric=True), np.exp(0.7 * alpha), rtol=1e-12)
+
+
+def test_node_grid_keeps_log_spaced_times_away_from_the_outputs():
+    """A log-spaced time 1e-10 from an output made a near-double node, and the cubics through it weights ~1e9."""
+    nodes = fl.node_grid(lambda a: np.zeros(3), [0, 0.5, 1, 2, 5])
+    assert {0.5, 1.0, 2.0, 5.0} <= set(nodes)
+    gaps = np.diff(nodes)
+    assert gaps.min() > 0.2 * gaps[np.argmin(gaps) + 1]
+    assert max(np.abs(W).sum(axis=1).max() for _, W in fl._gauss_weights(nodes)) < 3
 
 
 def test_propagation_converges_at_fourth_order_over_many_steps():

@@ -440,11 +440,16 @@ def _lyap(J, V):
     return JV + JV.T
 
 
+def _norm1(J) -> float:
+    """``||J||_1``, the largest column sum of ``|J|``."""
+    return float(np.abs(J).sum(axis=0).max())
+
+
 def _halvings(J, h) -> int:
-    """How often to halve ``h`` so that ``h ||J||_1 <= 1/2``: the Taylor series of :func:`_taylor_step` then
-    converge like ``1/k!`` and without cancellation (for large ``h ||J||`` their terms would grow
-    before they fall and swamp the result in rounding errors)."""
-    return max(0, math.ceil(math.log2(max(2.0 * h * float(np.abs(J).sum(axis=0).max()), 1.0))))
+    """How often to halve ``h`` so that ``h ||J||_1 <= 1/2``: the Taylor series of :func:`_taylor_step`,
+    :func:`_horner_sigma` and :func:`_horner_bias` then converge like ``1/k!`` and without cancellation (for
+    large ``h ||J||`` their terms would grow before they fall and swamp the result in rounding errors)."""
+    return max(0, math.ceil(math.log2(max(2.0 * h * _norm1(J), 1.0))))
 
 
 @njit(cache=True)
@@ -453,7 +458,7 @@ def _taylor_step(J, V, hs, halvings):
     Taylor series ``sum_k (hs J)^k / k!`` and ``sum_k hs^(k+1) L^k V / (k+1)!`` (``L X = J X + X J^T``,
     which keeps ``X`` symmetric: one product per term), each summed until its terms reach rounding; then
     doubled ``halvings`` times, ``Q(2t) = Q(t) + Phi(t) Q(t) Phi(t)^T``, ``Phi(2t) = Phi(t)^2``.
-    Returns ``Phi``, ``Q`` over ``hs 2^halvings`` and the powers ``Phi(hs 2^i)``, ``i < halvings``."""
+    Returns ``Phi`` and ``Q`` over ``hs 2^halvings``."""
     d = J.shape[0]
     Jh = hs * J
     Phi = np.eye(d) + Jh
@@ -471,51 +476,85 @@ def _taylor_step(J, V, hs, halvings):
         Q += X
         if np.abs(X).max() <= 1e-17 * np.abs(Q).max():
             break
-    powers = np.empty((halvings, d, d))
     for i in range(halvings):
-        powers[i] = Phi
         Q = Q + (Phi @ Q) @ Phi.T
         Phi = Phi @ Phi
-    return Phi, Q, powers
+    return Phi, Q
 
 
-def _step(J1, J2, V1, V2, h):
-    """One step of :func:`propagate` over ``h`` for ``Sigma``, from ``J`` and ``V`` at the step's two
-    Gauss-Legendre points (:func:`_gauss_values`): the fourth-order Magnus integrator (theory/finite_size.md
-    eq. P1). Returns ``Phi``, ``Qh`` (``Sigma_1 = Phi Sigma_0 Phi^T + Qh``), the step's ``J`` and the
-    doubling's ``levels``; with the step's ``J``, ``V``: ``Phi = e^{hJ}``, ``Qh = int_0^h e^{tJ} V e^{tJ^T} dt``,
-    both from their Taylor series over ``h' = h / 2^m`` with ``h' ||J||_1 <= 1/2`` (:func:`_halvings`),
-    doubled ``m`` times (:func:`_taylor_step`). ``levels = (h', [Phi(h'), Phi(2h'), ...])`` serve :func:`_forced`."""
+def _terms(x) -> int:
+    """Terms of a Taylor series of ``e^x``-like growth that reach rounding (``x^n / n! <= 1e-17``), ``x <= 1``."""
+    n, term = 1, x
+    while term > 1e-17:
+        n += 1
+        term *= x / n
+    return n
+
+
+@njit(cache=True)
+def _horner_sigma(J, V, S0, h, n):
+    """``e^{hL} S0 + int_0^h e^{tL} V dt = sum_k L^k (h^k / k! S0 + h^(k+1) / (k+1)! V)`` (``L X = J X + X J^T``)
+    by Horner's scheme over ``n`` terms: one product per term, where Phi and Q would take two."""
+    a = np.empty(n + 1)
+    a[0] = 1.0
+    for k in range(1, n + 1):
+        a[k] = a[k - 1] * h / k
+    P = a[n] * S0 + a[n] * h / (n + 1) * V
+    for k in range(n - 1, -1, -1):
+        JP = J @ P
+        P = JP + JP.T + a[k] * S0 + a[k] * h / (k + 1) * V
+    return P
+
+
+@njit(cache=True)
+def _horner_bias(J, b0, s, h, halvings, n):
+    """``e^{hJ} b0 + int_0^h e^{tJ} s dt`` in ``2^halvings`` sub-steps ``hs`` (``hs ||J||_1 <= 1/2``), each
+    ``sum_k J^k (hs^k / k! b + hs^(k+1) / (k+1)! s)`` by Horner's scheme over ``n`` terms: matrix-vector
+    products only."""
+    hs = h / 2.0**halvings
+    a = np.empty(n + 1)
+    a[0] = 1.0
+    for k in range(1, n + 1):
+        a[k] = a[k - 1] * hs / k
+    b = b0.copy()
+    for _ in range(2**halvings):
+        P = a[n] * b + a[n] * hs / (n + 1) * s
+        for k in range(n - 1, -1, -1):
+            P = J @ P + a[k] * b + a[k] * hs / (k + 1) * s
+        b = P
+    return b
+
+
+def _step(J1, J2, V1, V2, h, Sigma0):
+    """One step of :func:`propagate` over ``h`` for ``Sigma`` from ``Sigma0``, from ``J`` and ``V`` at the
+    step's two Gauss-Legendre points (:func:`_gauss_weights`): the fourth-order Magnus integrator
+    (theory/finite_size.md eq. P1), exact for the step's constant ``J``, ``V``:
+    ``Sigma_1 = e^{hL} Sigma_0 + int_0^h e^{tL} V dt`` (``L X = J X + X J^T``). Where ``h ||J||_1 <= 1/2``
+    by Horner's scheme (:func:`_horner_sigma`); over longer steps ``Phi = e^{hJ}`` and
+    ``Q = int_0^h e^{tJ} V e^{tJ^T} dt`` over ``h / 2^m`` (:func:`_halvings`), doubled ``m`` times
+    (:func:`_taylor_step`), and ``Sigma_1 = Phi Sigma_0 Phi^T + Q``. Returns ``Sigma_1`` and the step's ``J``."""
     c = _MAGNUS * h
     J = 0.5 * (J1 + J2) + c * (J2 @ J1 - J1 @ J2)
     V = 0.5 * (V1 + V2) + c * (_lyap(J2, V1) - _lyap(J1, V2))
     halvings = _halvings(J, h)
-    hs = h / 2**halvings
-    Phi, Qh, powers = _taylor_step(J, V, hs, halvings)
-    return Phi, (Qh + Qh.T) / 2, J, (hs, powers)
+    if halvings == 0:
+        S = _horner_sigma(J, V, np.ascontiguousarray(Sigma0, dtype=float), h, _terms(2 * h * _norm1(J)))
+    else:
+        Phi, Q = _taylor_step(J, V, h / 2**halvings, halvings)
+        S = Phi @ Sigma0 @ Phi.T + Q
+    return (S + S.T) / 2, J
+
+
+def _bias_step(J, b0, s, h):
+    """``b`` over one step from ``b0`` for the step's ``J`` (:func:`_step`) and forcing ``s``
+    (:func:`_mean_forcing`): ``e^{hJ} b0 + int_0^h e^{tJ} s dt`` (:func:`_horner_bias`)."""
+    return _horner_bias(J, np.asarray(b0, float), np.asarray(s, float), h, _halvings(J, h), _terms(0.5))
 
 
 def _mean_forcing(J1, J2, s1, s2, h):
     """The step's bias forcing from ``J`` and ``s`` at its Gauss-Legendre points:
     ``(s1 + s2) / 2 + sqrt(3) h / 12 (J2 s1 - J1 s2)`` (Magnus term of eq. P1)."""
     return 0.5 * (s1 + s2) + _MAGNUS * h * (J2 @ s1 - J1 @ s2)
-
-
-def _forced(J, levels, s):
-    """``int_0^h e^{tJ} s dt`` for the step's ``J`` and forcing ``s`` (:func:`_step`): the Taylor series
-    ``sum_k h'^(k+1) J^k s / (k+1)!`` over ``h'`` (``h' ||J||_1 <= 1/2``: 15 terms reach rounding), then
-    doubled with the step's powers of ``Phi``: ``c(2t) = c(t) + Phi(t) c(t)``. Matrix-vector products only."""
-    hs, powers = levels
-    term = hs * s
-    c = term.copy()
-    for k in range(1, 30):
-        term = (hs / (k + 1)) * (J @ term)
-        c += term
-        if np.abs(term).max() <= 1e-17 * np.abs(c).max():
-            break
-    for Phi in powers:
-        c = c + Phi @ c
-    return c
 
 
 def _lagrange(nodes, k, t):
@@ -527,26 +566,26 @@ def _lagrange(nodes, k, t):
     n = len(nodes)
     m = min(4, n)
     t = np.atleast_1d(np.asarray(t, float))
-    best = None
-    for lo in range(max(0, k + 2 - m), min(k, n - m) + 1):
-        x = np.asarray(nodes[lo:lo + m], float)
-        W = np.ones((t.size, m))
-        for j in range(m):
-            for i in range(m):
-                if i != j:
-                    W[:, j] *= (t - x[i]) / (x[j] - x[i])
-        size = np.abs(W).sum(axis=1).max()
-        if best is None or size < best[0] - 1e-12:
-            best = size, lo, W
-    return best[1], best[2]
+    starts = np.arange(max(0, k + 2 - m), min(k, n - m) + 1)
+    X = np.asarray(nodes, float)[starts[:, None] + np.arange(m)]  # (stencils, m)
+    off = ~np.eye(m, dtype=bool)
+    num = np.prod(np.where(off, (t[:, None] - X[:, None, :])[:, :, None, :], 1.0), axis=-1)  # prod_{i != j} (t - x_i)
+    den = np.prod(np.where(off, X[:, :, None] - X[:, None, :], 1.0), axis=-1)  # prod_{i != j} (x_j - x_i)
+    W = num / den[:, None, :]
+    best = int(np.argmin(np.abs(W).sum(axis=-1).max(axis=-1) * (1 + 1e-12 * np.arange(starts.size))))
+    return int(starts[best]), W[best]
 
 
-def _gauss_values(nodes, values, k):
-    """A node quantity (``values[j]`` at ``nodes[j]``) at the two Gauss-Legendre points
-    ``nodes[k] + (1/2 -+ sqrt(3)/6) h`` of step ``k``, from the cubic through its four nearest nodes
-    (:func:`_lagrange`; eq. P2): the fourth-order Magnus step needs them to O(h^4)."""
-    h = nodes[k + 1] - nodes[k]
-    lo, W = _lagrange(nodes, k, nodes[k] + _GAUSS * h)
+def _gauss_weights(nodes):
+    """Per step ``k``, the stencil and weights (:func:`_lagrange`) that give a node quantity at the step's
+    two Gauss-Legendre points ``nodes[k] + (1/2 -+ sqrt(3)/6) h``: the cubic through four nearby nodes (eq. P2),
+    accurate to O(h^4) as the fourth-order Magnus step needs."""
+    return [_lagrange(nodes, k, nodes[k] + _GAUSS * (nodes[k + 1] - nodes[k])) for k in range(len(nodes) - 1)]
+
+
+def _at(weights, values):
+    """A node quantity (``values[j]`` at node ``j``) at the points of ``weights = (lo, W)``."""
+    lo, W = weights
     return np.tensordot(W, np.asarray(values[lo:lo + W.shape[1]]), 1)
 
 
@@ -576,7 +615,8 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     moments = [_delta_moments(system, y) if shared else None for y in ys]
     Vs = [noise_covariance(system, y, log2, moments=m) for y, m in zip(ys, moments)] if noise is None else noise
     forcing = np.zeros((n, d))
-    steps = {}  # step k's (Phi, J, levels) until b has taken it
+    steps = {}  # step k's J until b has taken it
+    gauss = _gauss_weights(nodes)
 
     def force(k):  # s = H:Sigma / 2 + f_1 at node k
         forcing[k] = finite_n_drift(system, ys[k], Js[k], moments[k])
@@ -584,20 +624,19 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
             forcing[k] += 0.5 * hessian_contraction(system.rhs_many, ys[k], Sig[k], Js[k])
 
     def bias_step(k):
-        Phi, J, levels = steps.pop(k)
-        J1, J2 = _gauss_values(nodes, Js, k)
-        s1, s2 = _gauss_values(nodes, forcing, k)
-        bb[k + 1] = Phi @ bb[k] + _forced(J, levels, _mean_forcing(J1, J2, s1, s2, nodes[k + 1] - nodes[k]))
+        h = nodes[k + 1] - nodes[k]
+        J1, J2 = _at(gauss[k], Js)
+        s1, s2 = _at(gauss[k], forcing)
+        bb[k + 1] = _bias_step(steps.pop(k), bb[k], _mean_forcing(J1, J2, s1, s2, h), h)
 
     if bias:
         force(0)
     for k in range(n - 1):
-        J1, J2 = _gauss_values(nodes, Js, k)
-        V1, V2 = _gauss_values(nodes, Vs, k)
-        Phi, Qh, J, levels = _step(J1, J2, V1, V2, nodes[k + 1] - nodes[k])
-        Sig[k + 1] = Phi @ Sig[k] @ Phi.T + Qh
+        J1, J2 = _at(gauss[k], Js)
+        V1, V2 = _at(gauss[k], Vs)
+        Sig[k + 1], J = _step(J1, J2, V1, V2, nodes[k + 1] - nodes[k], Sig[k])
         if bias:
-            steps[k] = Phi, J, levels
+            steps[k] = J
             force(k + 1)
             if k >= 2:  # step k - 2's stencil reaches node max(k, 3)
                 bias_step(k - 2)
@@ -742,8 +781,8 @@ def node_grid(sol, alpha, per_decade: int = 5, dy_tol: float = 0.05, max_depth: 
     ``per_decade`` log-spaced times from the first positive output (or ``alpha_max / 100``) to
     the last, the first and the last output, all outputs when there are at most
     ``max_outputs`` (a log-spaced time within a quarter of its spacing of one of those is left out:
-    :func:`_gauss_values` needs nodes that do not cluster), and points inserted by bisection (up to ``max_depth`` times) wherever the
-    state moves by more than ``dy_tol`` x its scale between two nodes.
+    :func:`_lagrange` needs nodes that do not cluster), and points inserted by bisection (up to
+    ``max_depth`` times) wherever the state moves by more than ``dy_tol`` x its scale between two nodes.
     """
     alpha = np.asarray(alpha, float)
     a0, a1 = alpha[0], alpha[-1]
@@ -792,24 +831,32 @@ def refine_by_jacobian(system: OdeSystem, sol, nodes, jac_tol: float, y0=None, m
     return np.array(nodes), np.array(ys), Js
 
 
-def _interpolate(nodes, values, alpha, geometric: bool = False):
-    """Interpolation of ``values`` (n_nodes, ...) to the times ``alpha``: the cubic through the four nodes
-    nearest each output's interval (:func:`_lagrange`), or with ``geometric`` (for variances) the cubic in
-    ``log(value)`` where those four values are positive (exact for the exponential relaxation of a
+def _interpolation(nodes, alpha):
+    """The plan of :func:`_interpolate` to the times ``alpha``: per run of consecutive outputs in one node
+    interval, ``(outputs, lo, W)`` from :func:`_lagrange`."""
+    alpha = np.asarray(alpha, float)
+    k = np.clip(np.searchsorted(nodes, alpha, side="right") - 1, 0, len(nodes) - 2)
+    cuts = np.flatnonzero(np.diff(k)) + 1
+    return [(slice(a, b), *_lagrange(nodes, k[a], alpha[a:b]))
+            for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [k.size])))]
+
+
+def _interpolate(plan, values, geometric: bool = False):
+    """Interpolation of ``values`` (n_nodes, ...) to the output times of ``plan`` (:func:`_interpolation`): the
+    cubic through the four nodes nearest each output's interval, or with ``geometric`` (for variances) the
+    cubic in ``log(value)`` where those four values are positive (exact for the exponential relaxation of a
     converging run; the plain cubic elsewhere). Not in log for signed quantities: near a zero crossing
     their logarithm bends sharply and its cubic overshoots."""
-    values, alpha = np.asarray(values, float), np.asarray(alpha, float)
-    k = np.clip(np.searchsorted(nodes, alpha, side="right") - 1, 0, len(nodes) - 2)
-    out = np.empty((alpha.size,) + values.shape[1:])
-    for step in np.unique(k):
-        at = k == step
-        lo, W = _lagrange(nodes, step, alpha[at])
-        v = values[lo:lo + W.shape[1]]
-        cubic = np.tensordot(W, v, 1)
+    values = np.asarray(values, float)
+    n_out = plan[-1][0].stop
+    out = np.empty((n_out,) + values.shape[1:])
+    flat = out.reshape(n_out, -1)
+    for at, lo, W in plan:
+        v = values[lo:lo + W.shape[1]].reshape(W.shape[1], -1)
+        np.matmul(W, v, out=flat[at])
         if geometric:
             positive = np.all(v > 0, axis=0)
-            cubic = np.where(positive, np.exp(np.tensordot(W, np.log(np.where(positive, v, 1.0)), 1)), cubic)
-        out[at] = cubic
+            flat[at] = np.where(positive, np.exp(W @ np.log(np.where(positive, v, 1.0))), flat[at])
     return out
 
 
@@ -846,9 +893,10 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
     eps_sd, eps_bias, qr_sd, qr_bias = eps_g_moments(system, ys, Sig, bb, N)
     var, shift = (eps_sd ** 2, qr_sd ** 2), (eps_bias, qr_bias)
     if nodes.size > 1:  # outputs between nodes: cubics, in log for the observables' variances
-        Sig, bb = _interpolate(nodes, Sig, alpha), _interpolate(nodes, bb, alpha)
-        var = tuple(_interpolate(nodes, x, alpha, geometric=True) for x in var)
-        shift = tuple(_interpolate(nodes, x, alpha) for x in shift)
+        plan = _interpolation(nodes, alpha)
+        Sig, bb = _interpolate(plan, Sig), _interpolate(plan, bb)
+        var = tuple(_interpolate(plan, x, geometric=True) for x in var)
+        shift = tuple(_interpolate(plan, x) for x in shift)
     n = alpha.size
     qs, qb = np.sqrt(np.maximum(var[1], 0.0)), shift[1]
     out = dict(cov=Sig / N, bias=bb / N, eps_g_sd=np.sqrt(np.maximum(var[0], 0.0)), eps_g_bias=shift[0],
