@@ -280,7 +280,7 @@ def test_taylor_step_equals_the_van_loan_exponential():
 
 
 def test_horner_step_equals_the_exponentials():
-    """Where ``h ||J||_1 <= 1/2`` the step sums ``e^{hL} Sigma_0 + int e^{tL} V`` by Horner's scheme, and ``b``'s
+    """Where ``h ||J||_1 <= 1`` the step sums ``e^{hL} Sigma_0 + int e^{tL} V`` by Horner's scheme, and ``b``'s
     step always does (in sub-steps over longer steps): both equal scipy's exponentials (``Phi Sigma_0 Phi^T + Q`` from Van Loan's block, and the
     augmented ``[[J, s], [0, 0]]``) to rounding."""
     rng = np.random.default_rng(6)
@@ -288,7 +288,7 @@ def test_horner_step_equals_the_exponentials():
     J = rng.normal(size=(d, d)) / np.sqrt(d) - np.eye(d)
     X = rng.normal(size=(d, d))
     V, S0, b0, s_ = X @ X.T, np.eye(d) * 0.3, rng.normal(size=d), rng.normal(size=d)
-    for h in (0.05 / np.abs(J).sum(axis=0).max(), 0.5 / np.abs(J).sum(axis=0).max()):
+    for h in (0.05 / np.abs(J).sum(axis=0).max(), 1.0 / np.abs(J).sum(axis=0).max()):
         S1, _ = fl._step(J, J, V, V, h, S0)
         E = expm(h * np.block([[-J, V], [np.zeros((d, d)), J.T]]))
         Phi = expm(h * J)
@@ -367,7 +367,7 @@ def test_node_grid_keeps_log_spaced_times_away_from_the_outputs():
     assert {0.5, 1.0, 2.0, 5.0} <= set(nodes)
     gaps = np.diff(nodes)
     assert gaps.min() > 0.2 * gaps[np.argmin(gaps) + 1]
-    assert max(np.abs(W).sum(axis=1).max() for _, W in fl._gauss_weights(nodes)) < 3
+    assert max(np.abs(W).sum(axis=1).max() for _, W in fl._gauss_weights(nodes)) < 8
 
 
 def test_propagation_converges_at_fourth_order_over_many_steps():

@@ -483,7 +483,7 @@ def _taylor_step(J, V, hs, halvings):
 
 
 def _terms(x) -> int:
-    """Terms of a Taylor series of ``e^x``-like growth that reach rounding (``x^n / n! <= 1e-17``), ``x <= 1``."""
+    """Terms of a Taylor series of ``e^x``-like growth that reach rounding (``x^n / n! <= 1e-17``)."""
     n, term = 1, x
     while term > 1e-17:
         n += 1
@@ -529,17 +529,18 @@ def _step(J1, J2, V1, V2, h, Sigma0):
     """One step of :func:`propagate` over ``h`` for ``Sigma`` from ``Sigma0``, from ``J`` and ``V`` at the
     step's two Gauss-Legendre points (:func:`_gauss_weights`): the fourth-order Magnus integrator
     (theory/finite_size.md eq. P1), exact for the step's constant ``J``, ``V``:
-    ``Sigma_1 = e^{hL} Sigma_0 + int_0^h e^{tL} V dt`` (``L X = J X + X J^T``). Where ``h ||J||_1 <= 1/2``
+    ``Sigma_1 = e^{hL} Sigma_0 + int_0^h e^{tL} V dt`` (``L X = J X + X J^T``). Where ``h ||J||_1 <= 1``
     by Horner's scheme (:func:`_horner_sigma`); over longer steps ``Phi = e^{hJ}`` and
     ``Q = int_0^h e^{tJ} V e^{tJ^T} dt`` over ``h / 2^m`` (:func:`_halvings`), doubled ``m`` times
     (:func:`_taylor_step`), and ``Sigma_1 = Phi Sigma_0 Phi^T + Q``. Returns ``Sigma_1`` and the step's ``J``."""
     c = _MAGNUS * h
     J = 0.5 * (J1 + J2) + c * (J2 @ J1 - J1 @ J2)
     V = 0.5 * (V1 + V2) + c * (_lyap(J2, V1) - _lyap(J1, V2))
-    halvings = _halvings(J, h)
-    if halvings == 0:
-        S = _horner_sigma(J, V, np.ascontiguousarray(Sigma0, dtype=float), h, _terms(2 * h * _norm1(J)))
+    x = 2 * h * _norm1(J)  # a bound on ||h L||
+    if x <= 2.0:  # terms up to 2^k / k! <= 2: no cancellation to fear
+        S = _horner_sigma(J, V, np.ascontiguousarray(Sigma0, dtype=float), h, _terms(x))
     else:
+        halvings = _halvings(J, h)
         Phi, Q = _taylor_step(J, V, h / 2**halvings, halvings)
         S = Phi @ Sigma0 @ Phi.T + Q
     return (S + S.T) / 2, J
@@ -598,13 +599,13 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     linear systems for ``Sigma`` and ``b``, with ``J``, ``V`` and the forcing ``s = H:Sigma/2 + f_1`` of
     ``b`` at the step's two Gauss-Legendre points from the cubics through their four nearest node values
     (eq. P2). It is exact for constant coefficients (matrix exponentials), so stiff systems need no small
-    steps, and its error falls like ``h^4``. ``b``'s step ``k`` needs ``s`` up to node ``max(k + 2, 3)``,
-    hence ``Sigma`` there: it follows two steps behind ``Sigma``'s.
+    steps, and its error falls like ``h^4``. ``b`` follows once ``Sigma`` is known at every node: its
+    forcing needs ``Sigma``, and its cubics need the forcing two nodes ahead.
     ``noise``, ``jacobians``: the node values of ``V`` and ``J`` when the caller has them (default:
     computed here).
     Returns ``(Sigma, b)`` of shapes (n, d, d) and (n, d); ``b`` is zero when ``bias`` is False.
     """
-    ys = np.asarray(ys, float)
+    nodes, ys = np.asarray(nodes, float), np.asarray(ys, float)
     n, d = ys.shape
     Sig = np.zeros((n, d, d))
     bb = np.zeros((n, d))
@@ -614,34 +615,23 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     shared = noise is None or (bias and system.dynamics.trains_n)  # V and the drift share the field moments
     moments = [_delta_moments(system, y) if shared else None for y in ys]
     Vs = [noise_covariance(system, y, log2, moments=m) for y, m in zip(ys, moments)] if noise is None else noise
-    forcing = np.zeros((n, d))
-    steps = {}  # step k's J until b has taken it
     gauss = _gauss_weights(nodes)
-
-    def force(k):  # s = H:Sigma / 2 + f_1 at node k
-        forcing[k] = finite_n_drift(system, ys[k], Js[k], moments[k])
-        if np.any(Sig[k]):
-            forcing[k] += 0.5 * hessian_contraction(system.rhs_many, ys[k], Sig[k], Js[k])
-
-    def bias_step(k):
-        h = nodes[k + 1] - nodes[k]
-        J1, J2 = _at(gauss[k], Js)
-        s1, s2 = _at(gauss[k], forcing)
-        bb[k + 1] = _bias_step(steps.pop(k), bb[k], _mean_forcing(J1, J2, s1, s2, h), h)
-
-    if bias:
-        force(0)
+    Jbar = []
     for k in range(n - 1):
         J1, J2 = _at(gauss[k], Js)
         V1, V2 = _at(gauss[k], Vs)
         Sig[k + 1], J = _step(J1, J2, V1, V2, nodes[k + 1] - nodes[k], Sig[k])
-        if bias:
-            steps[k] = J
-            force(k + 1)
-            if k >= 2:  # step k - 2's stencil reaches node max(k, 3)
-                bias_step(k - 2)
-    for k in sorted(steps):
-        bias_step(k)
+        Jbar.append(J)
+    if not bias:
+        return Sig, bb
+    forcing = np.array([finite_n_drift(system, y, J, m) + (0.5 * hessian_contraction(system.rhs_many, y, S, J)
+                                                            if np.any(S) else 0.0)
+                        for y, J, m, S in zip(ys, Js, moments, Sig)])  # s = H:Sigma / 2 + f_1
+    for k in range(n - 1):
+        h = nodes[k + 1] - nodes[k]
+        J1, J2 = _at(gauss[k], Js)
+        s1, s2 = _at(gauss[k], forcing)
+        bb[k + 1] = _bias_step(Jbar[k], bb[k], _mean_forcing(J1, J2, s1, s2, h), h)
     return Sig, bb
 
 
@@ -774,7 +764,7 @@ def initial_covariance(system: OdeSystem, y0, N: int, scale2: float) -> np.ndarr
     return Sig
 
 
-def node_grid(sol, alpha, per_decade: int = 5, dy_tol: float = 0.05, max_depth: int = 6,
+def node_grid(sol, alpha, per_decade: int = 4, dy_tol: float = 0.05, max_depth: int = 6,
               max_outputs: int = 40) -> np.ndarray:
     """Nodes of :func:`propagate` for the output times ``alpha`` of the ODE solution ``sol`` (dense).
 
@@ -862,7 +852,7 @@ def _interpolate(plan, values, geometric: bool = False):
 
 def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bool = True, rtol: float = 1e-8,
             atol: float = 1e-10, log2: int | None = None, dy_tol: float = 0.05, tol: float = 0.1,
-            per_decade: int = 5, jac_tol: float = 1e-3, sol=None) -> dict:
+            per_decade: int = 4, jac_tol: float = 3e-3, sol=None) -> dict:
     """The finite-N predictions at the output times ``alpha`` (starting at the initial state).
 
     Returns a dict: ``cov`` (n, d, d) = ``Sigma / N``, the covariance of the state vector across
