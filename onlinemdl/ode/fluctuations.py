@@ -764,7 +764,7 @@ def initial_covariance(system: OdeSystem, y0, N: int, scale2: float) -> np.ndarr
     return Sig
 
 
-def node_grid(sol, alpha, per_decade: int = 4, dy_tol: float = 0.05, max_depth: int = 6,
+def node_grid(sol, alpha, per_decade: int = 5, dy_tol: float = 0.05, max_depth: int = 6,
               max_outputs: int = 40) -> np.ndarray:
     """Nodes of :func:`propagate` for the output times ``alpha`` of the ODE solution ``sol`` (dense).
 
@@ -852,7 +852,7 @@ def _interpolate(plan, values, geometric: bool = False):
 
 def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bool = True, rtol: float = 1e-8,
             atol: float = 1e-10, log2: int | None = None, dy_tol: float = 0.05, tol: float = 0.1,
-            per_decade: int = 4, jac_tol: float = 3e-3, sol=None) -> dict:
+            per_decade: int = 5, jac_tol: float = 3e-4, sol=None) -> dict:
     """The finite-N predictions at the output times ``alpha`` (starting at the initial state).
 
     Returns a dict: ``cov`` (n, d, d) = ``Sigma / N``, the covariance of the state vector across
