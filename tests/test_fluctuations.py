@@ -281,8 +281,8 @@ def test_taylor_step_equals_the_van_loan_exponential():
 
 def test_horner_step_equals_the_exponentials():
     """Where ``h ||J||_1 <= 1`` the step sums ``e^{hL} Sigma_0 + int e^{tL} V`` by Horner's scheme, and ``b``'s
-    step always does (in sub-steps over longer steps): both equal scipy's exponentials (``Phi Sigma_0 Phi^T + Q`` from Van Loan's block, and the
-    augmented ``[[J, s], [0, 0]]``) to rounding."""
+    step always does (in sub-steps over longer steps): both equal scipy's exponentials (``Phi Sigma_0 Phi^T + Q``
+    from Van Loan's block, and the augmented ``[[J, s], [0, 0]]``) to rounding."""
     rng = np.random.default_rng(6)
     d = 30
     J = rng.normal(size=(d, d)) / np.sqrt(d) - np.eye(d)

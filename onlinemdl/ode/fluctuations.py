@@ -573,7 +573,7 @@ def _lagrange(nodes, k, t):
     num = np.prod(np.where(off, (t[:, None] - X[:, None, :])[:, :, None, :], 1.0), axis=-1)  # prod_{i != j} (t - x_i)
     den = np.prod(np.where(off, X[:, :, None] - X[:, None, :], 1.0), axis=-1)  # prod_{i != j} (x_j - x_i)
     W = num / den[:, None, :]
-    best = int(np.argmin(np.abs(W).sum(axis=-1).max(axis=-1) * (1 + 1e-12 * np.arange(starts.size))))
+    best = int(np.argmin(np.abs(W).sum(axis=-1).max(axis=-1) * (1 + 1e-12 * np.arange(starts.size))))  # ties: leftmost
     return int(starts[best]), W[best]
 
 
