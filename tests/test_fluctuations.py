@@ -361,6 +361,14 @@ def test_gauss_weights_and_interpolation_are_exact_for_cubics():
     np.testing.assert_allclose(fl._interpolate(plan, grow, geometric=True), np.exp(0.7 * alpha), rtol=1e-12)
 
 
+def test_predict_refuses_output_times_out_of_order():
+    """The interpolation to the outputs takes them in order; unordered times would be mixed up silently."""
+    teacher, student = om.Teacher.random(50, 2, seed=0), om.Student.full(50, 2, seed=1)
+    system, state = om.OdeSystem.from_networks(student, teacher, eta=1.0)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        fl.predict(system, system.pack(state), [0, 2, 1], 50)
+
+
 def test_node_grid_keeps_log_spaced_times_away_from_the_outputs():
     """A log-spaced time 1e-10 from an output made a near-double node, and the cubics through it weights ~1e9."""
     nodes = fl.node_grid(lambda a: np.zeros(3), [0, 0.5, 1, 2, 5])

@@ -866,6 +866,8 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
     from scipy.integrate import solve_ivp
 
     alpha = np.asarray(alpha, float)
+    if alpha.ndim != 1 or alpha.size == 0 or np.any(np.diff(alpha) <= 0):
+        raise ValueError("alpha must be a non-empty, strictly increasing sequence (the output times)")
     y0 = np.asarray(y0, float)
     if alpha[-1] > alpha[0]:
         if sol is None:
