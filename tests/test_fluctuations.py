@@ -371,7 +371,7 @@ def test_predict_refuses_output_times_out_of_order():
 
 def test_node_grid_keeps_log_spaced_times_away_from_the_outputs():
     """A log-spaced time equal to an output up to rounding (0.49999999999999994 against 0.5) made a near-double
-    node, and a cubic through both had weights of order 1e16."""
+    node, and a cubic through both had weights of order 1e15."""
     nodes = fl.node_grid(lambda a: np.zeros(3), [0, 0.5, 1, 2, 5])
     assert {0.5, 1.0, 2.0, 5.0} <= set(nodes)
     gaps = np.diff(nodes)
