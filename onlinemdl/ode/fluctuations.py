@@ -616,11 +616,11 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     moments = [_delta_moments(system, y) if shared else None for y in ys]
     Vs = [noise_covariance(system, y, log2, moments=m) for y, m in zip(ys, moments)] if noise is None else noise
     gauss = _gauss_weights(nodes)
+    Jg = [_at(weights, Js) for weights in gauss]  # J at each step's two Gauss points
     Jbar = []
     for k in range(n - 1):
-        J1, J2 = _at(gauss[k], Js)
         V1, V2 = _at(gauss[k], Vs)
-        Sig[k + 1], J = _step(J1, J2, V1, V2, nodes[k + 1] - nodes[k], Sig[k])
+        Sig[k + 1], J = _step(*Jg[k], V1, V2, nodes[k + 1] - nodes[k], Sig[k])
         Jbar.append(J)
     if not bias:
         return Sig, bb
@@ -629,9 +629,8 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
                         for y, J, m, S in zip(ys, Js, moments, Sig)])  # s = H:Sigma / 2 + f_1
     for k in range(n - 1):
         h = nodes[k + 1] - nodes[k]
-        J1, J2 = _at(gauss[k], Js)
         s1, s2 = _at(gauss[k], forcing)
-        bb[k + 1] = _bias_step(Jbar[k], bb[k], _mean_forcing(J1, J2, s1, s2, h), h)
+        bb[k + 1] = _bias_step(Jbar[k], bb[k], _mean_forcing(*Jg[k], s1, s2, h), h)
     return Sig, bb
 
 
