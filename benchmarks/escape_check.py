@@ -3,7 +3,7 @@ exact Gram chain, for the classic committee K = M = 2 and 3 (v = vt = 1, orthono
 small initial weights, eta = 1), 500 runs per case. Prints one Markdown row per case and saves
 the measured escape times to ``--out`` (an .npz, for notebook 04's histograms).
 
-A run's plateau length is :func:`~onlinemdl.ode.fluctuations.escape_times` of its eps_g (centred
+A run's plateau length is :func:`~onlinemdl.ode.escape.escape_times` of its eps_g (centred
 average over 1 / (2 mu), level half the saddle's eps_g); theory/finite_size.md section 7.
 
 Run: python benchmarks/escape_check.py [--cases 2:100 3:100 2:1000 3:1000 2:10000 3:10000] [--threads 2]
@@ -16,8 +16,7 @@ import time
 import numpy as np
 
 import onlinemdl as om
-from onlinemdl.ode import OdeSystem
-from onlinemdl.ode.fluctuations import escape_distribution, escape_times
+from onlinemdl.ode import OdeSystem, escape_distribution, escape_times
 
 HEADER = ("| K = M | N | measured mean (s.e.) | predicted mean (s.e.) | measured sd | predicted sd | sd ratio |"
           " ODE | raw first crossing |\n|---|---|---|---|---|---|---|---|---|")

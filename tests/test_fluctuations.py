@@ -1,6 +1,7 @@
-"""Finite-N theory (onlinemdl/ode/fluctuations.py, theory/finite_size.md): the noise covariance and
-the finite-N drift against Monte Carlo in field space; the propagation step against direct
-integration; the predicted spread and bias of SGD against the exact finite-N Gram chain."""
+"""Finite-N theory (onlinemdl/ode/noise.py, propagation.py, fluctuations.py, escape.py;
+theory/finite_size.md): the noise covariance and the finite-N drift against Monte Carlo in field
+space; the propagation step against direct integration; the predicted spread and bias of SGD
+against the exact finite-N Gram chain."""
 from dataclasses import replace
 
 import numpy as np
@@ -10,7 +11,7 @@ from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
 import onlinemdl as om
-from onlinemdl.ode import OdeSystem, fluctuations as fl
+from onlinemdl.ode import OdeSystem, escape as esc, fluctuations as fl, noise as nz, propagation as prop
 
 
 def _gram(rng, n):
@@ -66,7 +67,7 @@ def covariance_with_errors(F, chunk=50_000):
 def check_noise_covariance(case, n_mc):
     system, state = CASES[case]()
     y = system.pack(state)
-    V, mean = fl.noise_covariance(system, y, log2=16, return_mean=True)
+    V, mean = nz.noise_covariance(system, y, log2=16, return_mean=True)
     rhs = system.rhs(y)
     np.testing.assert_allclose(mean, rhs, atol=1e-3 * np.abs(rhs).max())  # the cubature reproduces the drift
     V_mc, se = covariance_with_errors(mc_steps(system, state, np.random.default_rng(1), n_mc))
@@ -76,8 +77,8 @@ def check_noise_covariance(case, n_mc):
     assert np.linalg.eigvalsh(V).min() > -1e-10 * np.abs(V).max()
     # the default cubature (2^10 points for the part outside the closed form) is within 2% of the converged one,
     # and so is the whole covariance by the cubature alone
-    np.testing.assert_allclose(fl.noise_covariance(system, y), V, atol=2e-2 * np.abs(V).max())
-    np.testing.assert_allclose(fl.noise_covariance(system, y, log2=16, split=False), V, atol=2e-3 * np.abs(V).max())
+    np.testing.assert_allclose(nz.noise_covariance(system, y), V, atol=2e-2 * np.abs(V).max())
+    np.testing.assert_allclose(nz.noise_covariance(system, y, log2=16, split=False), V, atol=2e-3 * np.abs(V).max())
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -86,12 +87,12 @@ def test_closed_form_noise_equals_the_cubature_of_the_linear_terms(case):
     of the same terms, and its means against the rhs."""
     system, state = CASES[case]()
     y = system.pack(state)
-    V1, m1, m2, rest = fl.linear_noise(system, y)
-    args = fl._increment_args(system, y)
-    L = fl._field_factor(args[1], args[2], system.T)
+    V1, m1, m2, rest = nz.linear_noise(system, y)
+    args = nz._increment_args(system, y)
+    L = nz._field_factor(args[1], args[2], system.T)
     noisy = system.sigma > 0
-    Z = fl._normal_points(L.shape[1] + noisy, 17)
-    F1, F2 = fl._increment_rows(Z, L, noisy, np.zeros((2, y.size)), True, *args)
+    Z = nz._normal_points(L.shape[1] + noisy, 17)
+    F1, F2 = nz._increment_rows(Z, L, noisy, np.zeros((2, y.size)), True, *args)
     np.testing.assert_allclose(F1.mean(0), m1, atol=5e-4 * np.abs(m1).max())
     np.testing.assert_allclose(F2.mean(0), m2, atol=5e-4 * max(np.abs(m2).max(), 1e-12))
     np.testing.assert_allclose(np.cov(F1.T, bias=True), V1, atol=2e-3 * np.abs(V1).max())
@@ -115,7 +116,7 @@ def test_finite_n_drift_matches_exact_step(case):
     by Monte Carlo of its two random terms: dd^T (|z|^2 - r) and, for a batch, d^s d^s'^T z^s.z^s'."""
     system, state = CASES[case]()
     y = system.pack(state)
-    f1 = fl.finite_n_drift(system, y, J=np.zeros((y.size, y.size)))
+    f1 = nz.finite_n_drift(system, y, J=np.zeros((y.size, y.size)))
     modes = system.form == "modes"
     G, S = (state["Rm"], state["S"]) if modes else (state["Q"], state["R"])
     r, b = G.shape[0], system.batch
@@ -153,7 +154,7 @@ def test_field_factor_reproduces_a_rank_deficient_field_covariance():
     B = rng.standard_normal((5, 2))  # a teacher of rank 2 (a mode teacher)
     Wt, Ws = rng.standard_normal((3, 2)), rng.standard_normal((3, 3))
     G, S, T = Wt @ Wt.T + Ws @ Ws.T, Wt @ B.T, B @ B.T
-    L = fl._field_factor(G, S, T)
+    L = nz._field_factor(G, S, T)
     assert L.shape[1] == 3 + 2
     np.testing.assert_allclose(L @ L.T, np.block([[G, S], [S.T, T]]), atol=1e-10)
 
@@ -168,12 +169,12 @@ def test_noise_covariance_splits_only_where_the_closed_form_dominates():
     for (student, teacher), split in ((large, True), (small, False)):
         system, state = OdeSystem.from_networks(student, teacher, eta=1.0)
         y = system.pack(state)
-        V = fl.noise_covariance(system, y)
-        whole = fl.noise_covariance(system, y, split=False)
+        V = nz.noise_covariance(system, y)
+        whole = nz.noise_covariance(system, y, split=False)
         if split:
             assert not np.array_equal(V, whole)
-            np.testing.assert_allclose(V, fl.noise_covariance(system, y, log2=16, split=False), atol=2e-2 * np.abs(V).max())
-            np.testing.assert_allclose(V, fl.noise_covariance(system, y, log2=16), atol=1e-2 * np.abs(V).max())
+            np.testing.assert_allclose(V, nz.noise_covariance(system, y, log2=16, split=False), atol=2e-2 * np.abs(V).max())
+            np.testing.assert_allclose(V, nz.noise_covariance(system, y, log2=16), atol=1e-2 * np.abs(V).max())
         else:
             np.testing.assert_array_equal(V, whole)
 
@@ -184,10 +185,10 @@ def test_directions_factor_singular_and_rounded_covariances():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((6, 3))
     for Sigma in (X @ X.T, X @ X.T - 1e-9 * np.eye(6)):
-        w, U = fl._directions(Sigma, 0.0)
+        w, U = prop.sigma_directions(Sigma, 0.0)
         np.testing.assert_allclose(np.linalg.norm(U, axis=0), 1.0)
         np.testing.assert_allclose((U * w) @ U.T, Sigma, atol=1e-8)
-    w, U = fl._directions(np.zeros((6, 6)), 0.0)
+    w, U = prop.sigma_directions(np.zeros((6, 6)), 0.0)
     assert w.size == 0 and U.shape == (6, 0)
 
 
@@ -199,10 +200,10 @@ def test_noise_covariance_is_smooth_in_the_state():
     state = dict(Q=0.01 * np.eye(K) + 0.001, R=np.full((K, K), 0.002), v=np.ones(K))
     system = OdeSystem.from_state(state, T=np.eye(K), vt=np.ones(K), eta=1.0)
     y = system.pack(state)
-    V = fl.noise_covariance(system, y)
+    V = nz.noise_covariance(system, y)
     rng = np.random.default_rng(0)
     for _ in range(3):
-        dV = fl.noise_covariance(system, y + 1e-7 * rng.standard_normal(y.size)) - V
+        dV = nz.noise_covariance(system, y + 1e-7 * rng.standard_normal(y.size)) - V
         assert np.abs(dV).max() < 1e-4 * np.abs(V).max()
 
 
@@ -217,8 +218,8 @@ def _classic_solution(K=2, alpha_max=60.0):
 
 def test_nodes_are_refined_where_the_magnus_term_is_large():
     system, y0, sol = _classic_solution()
-    nodes = fl.node_grid(sol, np.linspace(0, 60, 121))
-    refined, ys, Js = fl.refine_by_jacobian(system, sol, nodes, 1e-5, y0=y0)
+    nodes = prop.node_grid(sol, np.linspace(0, 60, 121))
+    refined, ys, Js = prop.refine_by_jacobian(system, sol, nodes, 1e-5, y0=y0)
     assert set(nodes) <= set(refined) and refined.size > nodes.size
     np.testing.assert_array_equal(ys[0], y0)
     np.testing.assert_allclose(ys[7], sol(refined[7]))
@@ -255,8 +256,8 @@ def test_propagation_step_matches_direct_integration():
     V = X @ X.T
     S0, b0 = np.eye(d) * 0.3, rng.normal(size=d)
     h = 0.7
-    S1, Jh = fl._step(J, J, V, V, h, S0)
-    b1 = fl._bias_step(Jh, b0, fl._mean_forcing(J, J, np.ones(d), np.ones(d), h), h)
+    S1, Jh = prop._step(J, J, V, V, h, S0)
+    b1 = prop._bias_step(Jh, b0, prop._mean_forcing(J, J, np.ones(d), np.ones(d), h), h)
     sol = solve_ivp(lambda t, x: (J @ x.reshape(d, d) + x.reshape(d, d) @ J.T + V).ravel(), (0, h), S0.ravel(),
                     rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(S1, sol.y[:, -1].reshape(d, d), rtol=1e-7, atol=1e-9)
@@ -273,7 +274,7 @@ def test_taylor_step_equals_the_van_loan_exponential():
     X = rng.normal(size=(d, d))
     V = X @ X.T
     h = 0.5 / np.abs(J).sum(axis=0).max()
-    Phi, Q = fl._taylor_step(J, V, h, 0)
+    Phi, Q = prop._taylor_step(J, V, h, 0)
     E = expm(h * np.block([[-J, V], [np.zeros((d, d)), J.T]]))
     np.testing.assert_allclose(Phi, expm(h * J), rtol=0, atol=1e-14)
     np.testing.assert_allclose(Q, E[d:, d:].T @ E[:d, d:], rtol=0, atol=1e-13 * np.abs(Q).max())
@@ -289,13 +290,13 @@ def test_horner_step_equals_the_exponentials():
     X = rng.normal(size=(d, d))
     V, S0, b0, s_ = X @ X.T, np.eye(d) * 0.3, rng.normal(size=d), rng.normal(size=d)
     for h in (0.05 / np.abs(J).sum(axis=0).max(), 1.0 / np.abs(J).sum(axis=0).max()):
-        S1, _ = fl._step(J, J, V, V, h, S0)
+        S1, _ = prop._step(J, J, V, V, h, S0)
         E = expm(h * np.block([[-J, V], [np.zeros((d, d)), J.T]]))
         Phi = expm(h * J)
         np.testing.assert_allclose(S1, Phi @ S0 @ Phi.T + E[d:, d:].T @ E[:d, d:], rtol=0, atol=1e-13 * np.abs(S1).max())
     for h in (0.05 / np.abs(J).sum(axis=0).max(), 0.5 / np.abs(J).sum(axis=0).max(), 3.0):  # 3.0: sub-steps
         A = expm(h * np.block([[J, s_[:, None]], [np.zeros((1, d + 1))]]))
-        np.testing.assert_allclose(fl._bias_step(J, b0, s_, h), A[:d, :d] @ b0 + A[:d, d], rtol=0, atol=1e-13)
+        np.testing.assert_allclose(prop._bias_step(J, b0, s_, h), A[:d, :d] @ b0 + A[:d, d], rtol=0, atol=1e-13)
 
 
 def test_propagation_step_is_accurate_over_long_steps():
@@ -308,8 +309,8 @@ def test_propagation_step_is_accurate_over_long_steps():
     X = rng.normal(size=(d, d))
     V = X @ X.T
     h, S0, b0, s_ = 20.0, np.eye(d) * 0.3, rng.normal(size=d), rng.normal(size=d)
-    S1, Jh = fl._step(J, J, V, V, h, S0)
-    b1 = fl._bias_step(Jh, b0, fl._mean_forcing(J, J, s_, s_, h), h)
+    S1, Jh = prop._step(J, J, V, V, h, S0)
+    b1 = prop._bias_step(Jh, b0, prop._mean_forcing(J, J, s_, s_, h), h)
     x = solve_ivp(lambda t, x: np.concatenate(((J @ x[:d * d].reshape(d, d) + x[:d * d].reshape(d, d) @ J.T + V).ravel(),
                                                J @ x[d * d:] + s_)),
                   (0, h), np.concatenate((S0.ravel(), b0)), method="DOP853", rtol=1e-11, atol=1e-12).y[:, -1]
@@ -338,9 +339,9 @@ def test_propagation_step_is_fourth_order():
             S = x[:d * d].reshape(d, d)
             return np.concatenate(((J(t) @ S + S @ J(t).T + V(t)).ravel(), J(t) @ x[d * d:] + s(t)))
         x = solve_ivp(f, (0, h), np.concatenate((S0.ravel(), b0)), method="DOP853", rtol=1e-13, atol=1e-14).y[:, -1]
-        t1, t2 = fl._GAUSS * h
-        S1, Jh = fl._step(J(t1), J(t2), V(t1), V(t2), h, S0)
-        b1 = fl._bias_step(Jh, b0, fl._mean_forcing(J(t1), J(t2), s(t1), s(t2), h), h)
+        t1, t2 = prop._GAUSS * h
+        S1, Jh = prop._step(J(t1), J(t2), V(t1), V(t2), h, S0)
+        b1 = prop._bias_step(Jh, b0, prop._mean_forcing(J(t1), J(t2), s(t1), s(t2), h), h)
         return np.array([np.abs(S1 - x[:d * d].reshape(d, d)).max(), np.abs(b1 - x[d * d:]).max()])
 
     e1, e2 = error(0.1), error(0.05)
@@ -351,14 +352,14 @@ def test_propagation_step_is_fourth_order():
 def test_gauss_weights_and_interpolation_are_exact_for_cubics():
     nodes = np.array([0.0, 0.3, 1.0, 1.1, 2.5, 4.0])
     cubic = lambda t: 1 - 2 * t + 0.5 * t**2 - 0.3 * t**3  # noqa: E731
-    for k, weights in enumerate(fl._gauss_weights(nodes)):
-        t = nodes[k] + fl._GAUSS * (nodes[k + 1] - nodes[k])
-        np.testing.assert_allclose(fl._at(weights, cubic(nodes)), cubic(t), rtol=1e-12, atol=1e-12)
+    for k, weights in enumerate(prop._gauss_weights(nodes)):
+        t = nodes[k] + prop._GAUSS * (nodes[k + 1] - nodes[k])
+        np.testing.assert_allclose(prop._at(weights, cubic(nodes)), cubic(t), rtol=1e-12, atol=1e-12)
     alpha = np.linspace(0, 4, 33)
-    plan = fl._interpolation(nodes, alpha)
-    np.testing.assert_allclose(fl._interpolate(plan, cubic(nodes)), cubic(alpha), rtol=1e-12, atol=1e-12)
+    plan = prop.interpolation_plan(nodes, alpha)
+    np.testing.assert_allclose(prop.interpolate(plan, cubic(nodes)), cubic(alpha), rtol=1e-12, atol=1e-12)
     grow = np.exp(0.7 * nodes)
-    np.testing.assert_allclose(fl._interpolate(plan, grow, geometric=True), np.exp(0.7 * alpha), rtol=1e-12)
+    np.testing.assert_allclose(prop.interpolate(plan, grow, geometric=True), np.exp(0.7 * alpha), rtol=1e-12)
 
 
 def test_predict_refuses_output_times_out_of_order():
@@ -372,11 +373,11 @@ def test_predict_refuses_output_times_out_of_order():
 def test_node_grid_keeps_log_spaced_times_away_from_the_outputs():
     """A log-spaced time equal to an output up to rounding (0.49999999999999994 against 0.5) made a near-double
     node, and a cubic through both had weights of order 1e15."""
-    nodes = fl.node_grid(lambda a: np.zeros(3), [0, 0.5, 1, 2, 5])
+    nodes = prop.node_grid(lambda a: np.zeros(3), [0, 0.5, 1, 2, 5])
     assert {0.5, 1.0, 2.0, 5.0} <= set(nodes)
     gaps = np.diff(nodes)
     assert gaps.min() > 0.2 * gaps[np.argmin(gaps) + 1]
-    assert max(np.abs(W).sum(axis=1).max() for _, W in fl._gauss_weights(nodes)) < 8
+    assert max(np.abs(W).sum(axis=1).max() for _, W in prop._gauss_weights(nodes)) < 8
 
 
 def test_propagation_converges_at_fourth_order_over_many_steps():
@@ -394,7 +395,7 @@ def test_propagation_converges_at_fourth_order_over_many_steps():
 
     def error(n):
         nodes = 4 * np.linspace(0, 1, n) ** 1.5  # uneven steps
-        Sig, _ = fl.propagate(None, nodes, np.zeros((n, d)), 100, bias=False, noise=[V(t) for t in nodes],
+        Sig, _ = prop.propagate(None, nodes, np.zeros((n, d)), 100, bias=False, noise=[V(t) for t in nodes],
                               jacobians=[J(t) for t in nodes])
         return np.abs(Sig[-1] - x).max() / np.abs(x).max()
 
@@ -614,10 +615,10 @@ def test_escape_time_from_the_symmetric_plateau(K):
     teacher = om.Teacher.orthonormal(N, K, seed=0, vt=np.ones(K))
     student = om.Student.full(N, K, seed=1, init="small", v=np.ones(K))
     system, state = OdeSystem.from_networks(student, teacher, eta=1.0)
-    pred = fl.escape_distribution(system, system.pack(state), N)
+    pred = esc.escape_distribution(system, system.pack(state), N)
     assert pred["multiplicity"] == (1 if K == 2 else 4) and pred["mu"] > 0
     sim = om.simulate(student, teacher, eta=1.0, alpha=np.linspace(0, 150, 1201), replicas=500, seed=K * N)
-    meas = fl.escape_times(sim.alpha, sim.eps_g, pred["level_eps"], pred["window"])
+    meas = esc.escape_times(sim.alpha, sim.eps_g, pred["level_eps"], pred["window"])
     assert np.isfinite(meas).mean() > 0.99 and np.all(np.isfinite(pred["samples"]))
     se = np.hypot(np.nanstd(meas) / np.sqrt(np.isfinite(meas).sum()), pred["sd"] / np.sqrt(pred["samples"].size))
     assert abs(pred["mean"] - np.nanmean(meas)) < 3 * se, (pred["mean"], np.nanmean(meas), se)
@@ -635,10 +636,10 @@ def test_escape_from_an_exactly_symmetric_start():
     student = om.Student(W=W, v=np.ones(K))
     system, state = OdeSystem.from_networks(student, teacher, eta=1.0)
     np.testing.assert_allclose(state["R"], 0.0, atol=1e-12)
-    pred = fl.escape_distribution(system, system.pack(state), N)
+    pred = esc.escape_distribution(system, system.pack(state), N)
     assert pred["ode"] > 5 * pred["mean"]  # the ODE itself leaves only when rounding errors have grown
     sim = om.simulate(student, teacher, eta=1.0, alpha=np.linspace(0, 260, 1301), replicas=300, seed=9)
-    meas = fl.escape_times(sim.alpha, sim.eps_g, pred["level_eps"], pred["window"])
+    meas = esc.escape_times(sim.alpha, sim.eps_g, pred["level_eps"], pred["window"])
     assert np.all(np.isfinite(meas))
     se = np.hypot(meas.std() / np.sqrt(meas.size), pred["sd"] / np.sqrt(pred["samples"].size))
     assert abs(pred["mean"] - meas.mean()) < 3 * se, (pred["mean"], meas.mean(), se)
@@ -652,15 +653,15 @@ def test_escape_distribution_refuses_bad_arguments():
     for kw, name in ((dict(N=0), "N"), (dict(samples=1), "samples"), (dict(level=1.5), "level"),
                      (dict(window=-1.0), "window"), (dict(seed=-1), "seed")):
         with pytest.raises(ValueError, match=name):
-            fl.escape_distribution(system, y, **{"N": 100, **kw})
+            esc.escape_distribution(system, y, **{"N": 100, **kw})
 
 
 def test_escape_times_average_out_fast_fluctuations():
     alpha = np.linspace(0, 10, 101)
     wiggle = 0.3 * (-1.0) ** np.arange(alpha.size)  # dips below 0.5 at every other point from alpha = 2.1
     eps = np.vstack([1 - alpha / 10 + wiggle, 1 - alpha / 10])
-    np.testing.assert_allclose(fl.first_below(alpha, eps, 0.5), [2.1, 5.1])
-    np.testing.assert_allclose(fl.escape_times(alpha, eps, 0.5, window=2.0), [5.0, 5.0], atol=0.15)
-    assert np.isnan(fl.escape_times(alpha, eps + 1, 0.5, window=2.0)).all()
+    np.testing.assert_allclose(esc.first_below(alpha, eps, 0.5), [2.1, 5.1])
+    np.testing.assert_allclose(esc.escape_times(alpha, eps, 0.5, window=2.0), [5.0, 5.0], atol=0.15)
+    assert np.isnan(esc.escape_times(alpha, eps + 1, 0.5, window=2.0)).all()
     with pytest.raises(ValueError, match="evenly spaced"):
-        fl.escape_times(alpha ** 2, eps, 0.5, window=2.0)
+        esc.escape_times(alpha ** 2, eps, 0.5, window=2.0)
