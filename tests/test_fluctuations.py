@@ -192,6 +192,55 @@ def test_directions_factor_singular_and_rounded_covariances():
     assert w.size == 0 and U.shape == (6, 0)
 
 
+CURVATURE_CASES = {**{k: CASES[k] for k in ("full-w", "full-batch3-linear", "modes-xi")},
+                   "full-w-noise-decay-batch2": lambda: full_case(sigma=0.4, weight_decay=0.2, batch=2)}
+
+
+@pytest.mark.parametrize("case", list(CURVATURE_CASES))
+def test_rhs_curvature_equals_second_differences(case):
+    """H:Sigma of the right-hand side with the eta^2 / b term's I4 sums in closed form (eq. B3) against
+    Richardson-extrapolated central second differences of the whole right-hand side along every direction;
+    the kernel's D equals field_averages' D, and M y + const is the field covariance."""
+    from onlinemdl.ode.derivatives import d_curvature
+    from onlinemdl.ode.kernels import field_averages, fields_cov
+
+    system, state = CURVATURE_CASES[case]()
+    y = system.pack(state)
+    d = y.size
+    M, e = prop.field_map(system, d)
+    st = system.unpack(y)
+    Sig = fields_cov(st["Q"], st["R"], system.T)
+    iu = np.triu_indices(Sig.shape[0])
+    base = fields_cov(*(system.unpack(np.zeros(d))[k] for k in ("Q", "R")), system.T)[iu]
+    np.testing.assert_allclose(M @ y + base, Sig[iu], atol=1e-14)
+    assert np.all(Sig[iu][e[iu]] == Sig[iu]) and np.array_equal(e, e.T)
+    c = np.concatenate((st["v"], -system.vt))
+    D, _ = d_curvature(Sig, np.zeros((iu[0].size,) * 2), e, system.K, c, system.dynamics.sigma, system.act)
+    np.testing.assert_allclose(D, field_averages(Sig, system.K, c, system.dynamics.sigma, system.act)[2], rtol=1e-13)
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((d, d))
+    Sigma = X @ X.T / d
+    got = prop.rhs_curvature(system, y, Sigma, fmap=(M, e))
+    coarse, fine = (prop.hessian_contraction(system.rhs_many, y, Sigma, rel_step=h, cutoff=0.0) for h in (1e-3, 5e-4))
+    want = (4 * fine - coarse) / 3
+    scale = max(np.abs(want).max(), np.abs(system.rhs(y)).max())  # the linear activation's H is 0: rounding only
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * scale)
+    assert np.abs(got - prop.hessian_contraction(system.rhs_many, y, Sigma, system.jacobian(y))).max() > 0
+
+
+@pytest.mark.parametrize("case", ["full-w+v-noise-decay", "modes-all", "modes-lam+A-batch2"])
+def test_rhs_curvature_falls_back_to_differences(case):
+    """With trained v, lam or A the field covariance (or c) is not linear in the state: no field map, and
+    rhs_curvature is the one-sided differences with the Jacobian."""
+    system, state = CASES[case]()
+    y = system.pack(state)
+    assert prop.field_map(system, y.size) is None
+    X = np.random.default_rng(4).standard_normal((y.size, y.size))
+    Sigma, J = X @ X.T / y.size, system.jacobian(y)
+    np.testing.assert_array_equal(prop.rhs_curvature(system, y, Sigma, J),
+                                  prop.hessian_contraction(system.rhs_many, y, Sigma, J))
+
+
 def test_noise_covariance_is_smooth_in_the_state():
     """Near the symmetric plateau (T = I: the field covariance has degenerate eigenvalues) a change
     of the state by 1e-7 moves V by O(1e-7); a factor from the eigenvectors of the whole covariance

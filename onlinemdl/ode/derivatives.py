@@ -330,3 +330,136 @@ def jacobian(system, y) -> np.ndarray:
     ``tests/test_derivatives.py``."""
     modes, T, vt, v, A, lam, P, rates, flags = system.kernel_args
     return jacobian_kernel(np.ascontiguousarray(y, dtype=float), T, vt, v, A, lam, P, rates, flags, modes)
+
+
+@njit(cache=True, error_model="numpy")
+def d_curvature(Sig, W, e, K, c, sigma, act):
+    """``D`` (K, K) of :func:`~onlinemdl.ode.kernels.field_averages` and its second derivative contracted with
+    a covariance of the field covariance's entries, ``sum_{pq, rs} d^2 D_ab / dSig_pq dSig_rs W_(pq)(rs)``
+    (theory/finite_size.md eq. B3; ``W[e[p, q], e[r, s]] = Cov(Sig_pq, Sig_rs)``, each entry of the symmetric
+    ``Sig`` one variable). The curvature of the ``I_4`` sums without a sum over state directions: each term
+    ``c_k c_l asin(x_kl) / sqrt(L4)``, ``x_kl = L0_kl / sqrt(L1_k L1_l)``, through its intermediates
+    ``L4``, ``L1_k``, ``L1_l``, ``L0_kl`` (polynomials in the entries, Saad & Solla 1995 eq. A6):
+    ``d^2 F : W = sum_uv F_uv (grad z_u . W grad z_v) + sum_u F_u (d^2 z_u : W)``. Linear activation: ``D`` is
+    linear in ``Sig``, no curvature."""
+    n = Sig.shape[0]
+    D = np.zeros((K, K))
+    HD = np.zeros((K, K))
+    if act == LINEAR:
+        acc = sigma * sigma
+        for k in range(n):
+            for l in range(n):
+                acc += c[k] * c[l] * Sig[k, l]
+        for a in range(K):
+            for b in range(K):
+                D[a, b] = c[a] * c[b] * acc
+        return D, HD
+    E = W.shape[0]
+    wk = np.empty((n, E))  # W grad L1_k
+    Wp = np.empty((n, E))  # W p_k, W q_k: grad L0_kl = S_bl p_k + S_al q_k + S_kl grad L4 + (terms in S_kl, S_bl, S_al)
+    Wq = np.empty((n, E))
+    L1, h1, C11, C41 = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+    al_, be_, pw, qw, p4, q4, k2, k3 = (np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n),
+                                        np.empty(n), np.empty(n), np.empty(n))
+    w4 = np.empty(E)
+    M3 = np.empty((n, 2, 2))
+    P4 = np.empty((n, 2))
+    G1 = np.empty((n, 6))
+    for a in range(K):
+        for b in range(a, K):
+            eaa, ebb, eab = e[a, a], e[b, b], e[a, b]
+            A1, B1, sab = 1.0 + Sig[a, a], 1.0 + Sig[b, b], Sig[a, b]
+            l4 = A1 * B1 - sab * sab
+            for j in range(E):  # W grad L4
+                w4[j] = B1 * W[eaa, j] + A1 * W[ebb, j] - 2.0 * sab * W[eab, j]
+            C44 = B1 * w4[eaa] + A1 * w4[ebb] - 2.0 * sab * w4[eab]
+            h4 = 2.0 * W[eaa, ebb] - 2.0 * W[eab, eab]
+            for k in range(n):
+                eak, ebk, ekk = e[a, k], e[b, k], e[k, k]
+                sak, sbk, K1 = Sig[a, k], Sig[b, k], 1.0 + Sig[k, k]
+                L1[k] = l4 * K1 - sbk * sbk * A1 - sak * sak * B1 + 2.0 * sab * sak * sbk
+                g = G1[k]  # grad L1_k at (kk, aa, bb, ab, ak, bk)
+                g[0], g[1], g[2] = l4, B1 * K1 - sbk * sbk, A1 * K1 - sak * sak
+                g[3], g[4], g[5] = -2.0 * sab * K1 + 2.0 * sak * sbk, -2.0 * sak * B1 + 2.0 * sab * sbk, \
+                    -2.0 * sbk * A1 + 2.0 * sab * sak
+                for j in range(E):  # W grad L1_k, W p_k, W q_k
+                    waa, wbb, wab, wak, wbk = W[eaa, j], W[ebb, j], W[eab, j], W[eak, j], W[ebk, j]
+                    wk[k, j] = g[0] * W[ekk, j] + g[1] * waa + g[2] * wbb + g[3] * wab + g[4] * wak + g[5] * wbk
+                    Wp[k, j] = -A1 * wbk + sab * wak - sbk * waa + sak * wab
+                    Wq[k, j] = sab * wbk - B1 * wak - sak * wbb + sbk * wab
+                w = wk[k]
+                C11[k] = g[0] * w[ekk] + g[1] * w[eaa] + g[2] * w[ebb] + g[3] * w[eab] + g[4] * w[eak] + g[5] * w[ebk]
+                C41[k] = B1 * w[eaa] + A1 * w[ebb] - 2.0 * sab * w[eab]
+                h1[k] = (2.0 * (K1 * W[eaa, ebb] + B1 * W[eaa, ekk] + A1 * W[ebb, ekk] - 2.0 * sab * W[eab, ekk]
+                                - 2.0 * sbk * W[ebk, eaa] - 2.0 * sak * W[eak, ebb] + 2.0 * sbk * W[eab, eak]
+                                + 2.0 * sak * W[eab, ebk] + 2.0 * sab * W[eak, ebk])
+                         - 2.0 * K1 * W[eab, eab] - 2.0 * A1 * W[ebk, ebk] - 2.0 * B1 * W[eak, eak])
+                al_[k], be_[k] = sak * B1 - sab * sbk, sbk * A1 - sab * sak  # dL0_kl/dS_al = -al, dL0_kl/dS_bl = -be
+                # p_k at (bk, ak, aa, ab) = (-A1, sab, -sbk, sak); q_k at (bk, ak, bb, ab) = (sab, -B1, -sak, sbk)
+                pw[k] = -A1 * w[ebk] + sab * w[eak] - sbk * w[eaa] + sak * w[eab]
+                qw[k] = sab * w[ebk] - B1 * w[eak] - sak * w[ebb] + sbk * w[eab]
+                p4[k] = -A1 * w4[ebk] + sab * w4[eak] - sbk * w4[eaa] + sak * w4[eab]
+                q4[k] = sab * w4[ebk] - B1 * w4[eak] - sak * w4[ebb] + sbk * w4[eab]
+                M3[k, 0, 0] = -A1 * Wp[k, ebk] + sab * Wp[k, eak] - sbk * Wp[k, eaa] + sak * Wp[k, eab]
+                M3[k, 0, 1] = M3[k, 1, 0] = -A1 * Wq[k, ebk] + sab * Wq[k, eak] - sbk * Wq[k, eaa] + sak * Wq[k, eab]
+                M3[k, 1, 1] = sab * Wq[k, ebk] - B1 * Wq[k, eak] - sak * Wq[k, ebb] + sbk * Wq[k, eab]
+                P4[k, 0], P4[k, 1] = p4[k], q4[k]
+                k2[k] = -2.0 * W[ebk, eaa] + 2.0 * W[eab, eak]
+                k3[k] = -2.0 * W[eak, ebb] + 2.0 * W[eab, ebk]
+            A0 = 0.0
+            A4 = 0.0
+            AH = 0.0
+            for k in range(n):
+                if L1[k] <= 0.0:
+                    continue
+                eak, ebk = e[a, k], e[b, k]
+                alk, bek = al_[k], be_[k]
+                for l in range(k, n):
+                    if L1[l] <= 0.0:
+                        continue
+                    ekl, eal, ebl, ell = e[k, l], e[a, l], e[b, l], e[l, l]
+                    skl, sal, sbl = Sig[k, l], Sig[a, l], Sig[b, l]
+                    L0 = l4 * skl - sbl * bek - sal * alk
+                    rho = 1.0 / math.sqrt(L1[k] * L1[l])
+                    x = L0 * rho
+                    wl = wk[l]
+                    # Cov-forms of the intermediates (z = L0, L1_k, L1_l) through W
+                    C0k = sbl * pw[k] + sal * qw[k] + skl * C41[k] + l4 * wk[k, ekl] - bek * wk[k, ebl] - alk * wk[k, eal]
+                    pwl = -A1 * wl[ebk] + sab * wl[eak] - Sig[b, k] * wl[eaa] + Sig[a, k] * wl[eab]
+                    qwl = sab * wl[ebk] - B1 * wl[eak] - Sig[a, k] * wl[ebb] + Sig[b, k] * wl[eab]
+                    C0l = sbl * pwl + sal * qwl + skl * C41[l] + l4 * wl[ekl] - bek * wl[ebl] - alk * wl[eal]
+                    C04 = sbl * P4[k, 0] + sal * P4[k, 1] + skl * C44 + l4 * w4[ekl] - bek * w4[ebl] - alk * w4[eal]
+                    g2p = l4 * Wp[k, ekl] - bek * Wp[k, ebl] - alk * Wp[k, eal]
+                    g2q = l4 * Wq[k, ekl] - bek * Wq[k, ebl] - alk * Wq[k, eal]
+                    g24 = l4 * w4[ekl] - bek * w4[ebl] - alk * w4[eal]
+                    g22 = (l4 * l4 * W[ekl, ekl] + bek * bek * W[ebl, ebl] + alk * alk * W[eal, eal]
+                           - 2.0 * l4 * bek * W[ekl, ebl] - 2.0 * l4 * alk * W[ekl, eal] + 2.0 * alk * bek * W[ebl, eal])
+                    C00 = (sbl * sbl * M3[k, 0, 0] + 2.0 * sbl * sal * M3[k, 0, 1] + sal * sal * M3[k, 1, 1]
+                           + 2.0 * skl * (sbl * p4[k] + sal * q4[k]) + skl * skl * C44
+                           + 2.0 * (sbl * g2p + sal * g2q + skl * g24) + g22)
+                    g = G1[l]
+                    C12 = (g[0] * wk[k, ell] + g[1] * wk[k, eaa] + g[2] * wk[k, ebb] + g[3] * wk[k, eab]
+                           + g[4] * wk[k, eal] + g[5] * wk[k, ebl])
+                    h0 = skl * h4 + sbl * k2[k] + sal * k3[k] + 2.0 * (w4[ekl] + Wp[k, ebl] + Wq[k, eal])
+                    # derivatives of x = L0 (L1_k L1_l)^(-1/2) in its intermediates
+                    ik, il = 1.0 / L1[k], 1.0 / L1[l]
+                    x0, x1, x2 = rho, -0.5 * x * ik, -0.5 * x * il
+                    xWx = (x0 * x0 * C00 + x1 * x1 * C11[k] + x2 * x2 * C11[l]
+                           + 2.0 * (x0 * x1 * C0k + x0 * x2 * C0l + x1 * x2 * C12))
+                    xH = (2.0 * (-0.5 * rho * ik * C0k - 0.5 * rho * il * C0l + 0.25 * x * ik * il * C12)
+                          + 0.75 * x * ik * ik * C11[k] + 0.75 * x * il * il * C11[l]
+                          + x0 * h0 + x1 * h1[k] + x2 * h1[l])
+                    x4 = x0 * C04 + x1 * C41[k] + x2 * C41[l]
+                    xc = min(1.0, max(-1.0, x))
+                    d1 = 1.0 / math.sqrt(max(1.0 - xc * xc, 1e-300))
+                    wgt = (2.0 if l > k else 1.0) * c[k] * c[l]
+                    A0 += wgt * math.asin(xc)
+                    A4 += wgt * d1 * x4
+                    AH += wgt * (xc * d1 * d1 * d1 * xWx + d1 * xH)
+            A = _4PI2 * A0 + _2PI * sigma * sigma
+            q0 = 1.0 / math.sqrt(l4)
+            q1, q2 = -0.5 * q0 / l4, 0.75 * q0 / (l4 * l4)
+            HG = A * (q2 * C44 + q1 * h4) + 2.0 * q1 * _4PI2 * A4 + q0 * _4PI2 * AH
+            D[a, b] = D[b, a] = c[a] * c[b] * q0 * A
+            HD[a, b] = HD[b, a] = c[a] * c[b] * HG
+    return D, HD

@@ -15,8 +15,11 @@ import math
 import numpy as np
 from numba import njit
 
+from ..dynamics import INV_BATCH
+from .derivatives import d_curvature
+from .kernels import fields_cov, rhs_many
 from .noise import delta_moments, finite_n_drift, noise_covariance
-from .system import OdeSystem
+from .system import OdeSystem, triu_indices
 
 _GAUSS = 0.5 + np.array([-1.0, 1.0]) * math.sqrt(3.0) / 6  # Gauss-Legendre points on [0, 1]
 _MAGNUS = math.sqrt(3.0) / 12  # the fourth-order Magnus term's factor over h (eq. P1)
@@ -62,6 +65,51 @@ def hessian_contraction(f_many, y, Sigma, J=None, rel_step: float | None = None,
         return w @ (values[1:m + 1] + values[m + 1:] - 2 * values[0]) / (h * h)
     values = f_many(np.concatenate((y[None], y + E)))
     return 2 * w @ (values[1:] - values[0] - E @ J.T) / (h * h)
+
+
+def field_map(system: OdeSystem, d: int):
+    """``(M, e)`` where the field covariance ``Sig`` of the ``d``-dimensional state is linear in it (only ``W`` or
+    only ``Xi`` trained; else None): the upper-triangle entries of ``Sig(y)`` are ``M y + const`` (``M`` of
+    shape (E, d)), and ``e[p, q]`` (n, n) is the index of ``Sig_pq`` among them."""
+    if system.form == "reduced" or system.train not in (("w",), ("xi",)):
+        return None
+    iu = triu_indices(system.K + system.M)
+    e = np.zeros((system.K + system.M,) * 2, dtype=np.int64)
+    e[iu] = e[iu[::-1]] = np.arange(iu[0].size)
+
+    def entries(y):
+        st = system.unpack(y)
+        return fields_cov(st["Q"], st["R"], system.T)[iu]
+
+    base = entries(np.zeros(d))
+    return np.ascontiguousarray(np.stack([entries(u) - base for u in np.eye(d)], axis=1)), e
+
+
+def rhs_curvature(system: OdeSystem, y, Sigma, J=None, fmap=None) -> np.ndarray:
+    """``H : Sigma`` of the right-hand side (the bias forcing's, theory/finite_size.md eq. B3). Where the field
+    covariance is linear in the state (:func:`field_map` ``fmap``), the ``eta^2 / b`` term's ``I_4`` sums by their
+    contracted second derivative in closed form (:func:`~onlinemdl.ode.derivatives.d_curvature`, with
+    ``W = M Sigma M^T``: the work of a few right-hand sides, not of ``d``) and the rest, whose right-hand side costs
+    a small part of the whole, by central differences (:func:`hessian_contraction`); elsewhere all of it by
+    differences, one-sided with the Jacobian ``J``."""
+    y = np.ascontiguousarray(y, dtype=float)
+    if fmap is None:
+        return hessian_contraction(system.rhs_many, y, Sigma, J)
+    M, e = fmap
+    args = system.kernel_args
+    rates = args[7].copy()
+    rates[INV_BATCH] = 0.0  # the right-hand side without its eta^2 / b term
+    rest = args[:7] + (rates,) + args[8:]
+    out = hessian_contraction(lambda Y: rhs_many(np.ascontiguousarray(Y), rest), y, Sigma)
+    st = system.unpack(y)
+    Sig = fields_cov(st["Q"], st["R"], system.T)
+    c = np.concatenate((st["v"], -system.vt))
+    _, HD = d_curvature(Sig, M @ Sigma @ M.T, e, system.K, c, system.dynamics.sigma, system.act)
+    X = st["A"] * st["lam"] if system.form == "modes" else system.P  # Gram block: X^T D X
+    r = X.shape[1]
+    dyn = system.dynamics
+    out[:r * (r + 1) // 2] += (dyn.eta ** 2 / dyn.batch * (X.T @ HD @ X))[triu_indices(r)]
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -257,8 +305,8 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
         Jbar.append(J)
     if not bias:
         return Sig, bb
-    forcing = np.array([finite_n_drift(system, y, J, m) + (0.5 * hessian_contraction(system.rhs_many, y, S, J)
-                                                            if np.any(S) else 0.0)
+    fmap = field_map(system, d)
+    forcing = np.array([finite_n_drift(system, y, J, m) + (0.5 * rhs_curvature(system, y, S, J, fmap) if np.any(S) else 0.0)
                         for y, J, m, S in zip(ys, Js, moments, Sig)])  # s = H:Sigma / 2 + f_1
     for k in range(n - 1):
         h = nodes[k + 1] - nodes[k]
