@@ -195,7 +195,8 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
         shift = tuple(interpolate(plan, x) for x in shift)
     n = alpha.size
     qs, qb = np.sqrt(np.maximum(var[1], 0.0)), shift[1]
-    out = dict(cov=Sig / N, bias=bb / N, eps_g_sd=np.sqrt(np.maximum(var[0], 0.0)), eps_g_bias=shift[0],
+    Sig /= N  # in place: at K = M = 16 the covariances at 201 outputs take 250 MB
+    out = dict(cov=Sig, bias=bb / N, eps_g_sd=np.sqrt(np.maximum(var[0], 0.0)), eps_g_bias=shift[0],
                Q_sd=qs[:, :K * K].reshape(n, K, K), R_sd=qs[:, K * K:].reshape(n, K, M),
                Q_bias=qb[:, :K * K].reshape(n, K, K), R_bias=qb[:, K * K:].reshape(n, K, M), nodes=nodes)
     out["valid_until"] = valid_until
