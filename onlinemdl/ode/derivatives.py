@@ -7,6 +7,8 @@ Saad & Solla 1995 eq. A6; theory/finite_size.md §4). :func:`jacobian_kernel` ca
 through the state's map to ``(Sig, c)`` and through the right-hand side's matrix algebra, one state
 direction (column) at a time. A gradient ``g`` with respect to the symmetric ``Sig`` is stored as a symmetric
 matrix with ``d f = sum_pq g_pq dSig_pq`` (each off-diagonal entry counted twice).
+:func:`d_curvature` contracts the second derivative of ``D``'s I4 sums with a covariance of ``Sig``'s entries (the
+bias forcing's ``H:Sigma``, theory/finite_size.md eq. B3).
 """
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ contraction ``H:Sigma`` and the cubics that carry node values to other times.
 
 * :func:`node_grid`, :func:`refine_by_jacobian`: where the propagation takes its nodes;
 * :func:`propagate`: ``Sigma`` and ``b`` at the nodes;
-* :func:`hessian_contraction`: ``H:Sigma`` by differences along the directions of ``Sigma``
-  (:func:`sigma_directions`);
+* :func:`rhs_curvature`: the bias forcing's ``H:Sigma``, the ``eta^2 / b`` term's I4 sums in closed form where the
+  field covariance is linear in the state (:func:`field_map`), the rest by :func:`hessian_contraction`, differences
+  along the directions of ``Sigma`` (:func:`sigma_directions`);
 * :func:`interpolation_plan`, :func:`interpolate`: node values at the output times.
 """
 from __future__ import annotations
