@@ -465,3 +465,55 @@ def d_curvature(Sig, W, e, K, c, sigma, act):
             D[a, b] = D[b, a] = c[a] * c[b] * q0 * A
             HD[a, b] = HD[b, a] = c[a] * c[b] * HG
     return D, HD
+
+
+@njit(cache=True, error_model="numpy")
+def x_curvature(Sig, Y, W, e, ey, K, c, act):
+    """The second derivative of ``X_ib = E[delta_i x_b]`` (K, nx) contracted with a covariance ``W`` of the entries
+    it depends on (theory/finite_size.md eq. B3): ``Sig_pq`` at row ``e[p, q]`` of ``W`` and the cross covariances
+    ``Y_bm = Cov(x_b, f_m)`` at row ``ey[b, m]``. ``X_ib = sum_m c_i c_m T_ibm``,
+    ``T_ibm = (2/pi) (Y_bm u_i - Sig_im Y_bi) / (u_i sqrt(l3_im))`` (I3 with Stein's lemma, ``u_i = 1 + Sig_ii``,
+    ``l3_im = u_i (1 + Sig_mm) - Sig_im^2``), through its intermediates ``N = Y_bm u_i - Sig_im Y_bi``, ``u_i``,
+    ``l3_im``. Linear activation: ``X`` is linear, no curvature."""
+    n, nx = Sig.shape[0], Y.shape[0]
+    HX = np.zeros((K, nx))
+    if act == LINEAR:
+        return HX
+    for i in range(K):
+        eii = e[i, i]
+        u = 1.0 + Sig[i, i]
+        Wii = W[eii, eii]
+        for m in range(n):
+            emm, eim = e[m, m], e[i, m]
+            sim = Sig[i, m]
+            l3 = u * (1.0 + Sig[m, m]) - sim * sim
+            if l3 <= 0.0:
+                continue
+            # grad l3 at (ii, mm, im) = (1 + Sig_mm, u, -2 Sig_im); d^2 l3 : W = 2 W[ii, mm] - 2 W[im, im]
+            g1, g2, g3 = 1.0 + Sig[m, m], u, -2.0 * sim
+            Cll = (g1 * g1 * Wii + g2 * g2 * W[emm, emm] + g3 * g3 * W[eim, eim]
+                   + 2.0 * (g1 * g2 * W[eii, emm] + g1 * g3 * W[eii, eim] + g2 * g3 * W[emm, eim]))
+            Cul = g1 * Wii + g2 * W[eii, emm] + g3 * W[eii, eim]
+            hl = 2.0 * W[eii, emm] - 2.0 * W[eim, eim]
+            s = 1.0 / math.sqrt(l3)
+            for b in range(nx):
+                ybm, ybi = Y[b, m], Y[b, i]
+                fbm, fbi = ey[b, m], ey[b, i]
+                # grad N at (ybm, ii, im, ybi) = (u, Y_bm, -Y_bi, -Sig_im); d^2 N : W = 2 W[ybm, ii] - 2 W[im, ybi]
+                n1, n2, n3, n4 = u, ybm, -ybi, -sim
+                wn_ii = n1 * W[fbm, eii] + n2 * Wii + n3 * W[eim, eii] + n4 * W[fbi, eii]
+                wn_mm = n1 * W[fbm, emm] + n2 * W[eii, emm] + n3 * W[eim, emm] + n4 * W[fbi, emm]
+                wn_im = n1 * W[fbm, eim] + n2 * W[eii, eim] + n3 * W[eim, eim] + n4 * W[fbi, eim]
+                CNu = wn_ii  # grad N . W grad u (T is linear in N: no N-N term)
+                CNl = g1 * wn_ii + g2 * wn_mm + g3 * wn_im
+                hN = 2.0 * W[fbm, eii] - 2.0 * W[eim, fbi]
+                N = ybm * u - sim * ybi
+                t = _2PI * s / u  # dT/dN
+                T = t * N
+                # T(N, u, l3) = (2/pi) N u^-1 l3^-1/2: its derivatives (u is linear in Sig_ii: no d^2 u term)
+                Tl = -0.5 * T / l3
+                TNu, TNl = -t / u, -0.5 * t / l3
+                Tuu, Tul, Tll = 2.0 * T / (u * u), 0.5 * T / (u * l3), 0.75 * T / (l3 * l3)
+                HX[i, b] += c[i] * c[m] * (2.0 * (TNu * CNu + TNl * CNl + Tul * Cul) + Tuu * Wii + Tll * Cll
+                                           + t * hN + Tl * hl)
+    return HX

@@ -16,9 +16,9 @@ import math
 import numpy as np
 from numba import njit
 
-from ..dynamics import INV_BATCH
-from .derivatives import d_curvature
-from .kernels import fields_cov, rhs_many
+from ..gaussian import joint_covariance
+from .derivatives import d_curvature, x_curvature
+from .kernels import fields_cov
 from .noise import delta_moments, finite_n_drift, noise_covariance
 from .system import OdeSystem, triu_indices
 
@@ -68,48 +68,69 @@ def hessian_contraction(f_many, y, Sigma, J=None, rel_step: float | None = None,
     return 2 * w @ (values[1:] - values[0] - E @ J.T) / (h * h)
 
 
+def _covariances(system: OdeSystem, st):
+    """The field covariance ``Sig`` of ``f = (h, v)`` and, for a mode student, the cross covariance
+    ``Y = Cov(x, f)`` of ``x = (s, v)`` (``s = Xi^T x``: the fields of the trained vectors); for a full student
+    ``x = f``, and ``Y`` is ``Sig``."""
+    Sig = fields_cov(st["Q"], st["R"], system.T)
+    if system.form != "modes":
+        return Sig, Sig
+    C = st["A"] * st["lam"]
+    r, M = C.shape[1], system.M
+    Hmap = np.zeros((system.K + M, r + M))
+    Hmap[:system.K, :r], Hmap[system.K:, r:] = C, np.eye(M)
+    return Sig, (Hmap @ joint_covariance(st["Rm"], st["S"], system.T)).T
+
+
 def field_map(system: OdeSystem, d: int):
-    """``(M, e)`` where the field covariance ``Sig`` of the ``d``-dimensional state is linear in it (only ``W`` or
-    only ``Xi`` trained; else None): the upper-triangle entries of ``Sig(y)`` are ``M y + const`` (``M`` of
-    shape (E, d)), and ``e[p, q]`` (n, n) is the index of ``Sig_pq`` among them."""
+    """Where the field covariances are linear in the ``d``-dimensional state (only ``W`` or only ``Xi`` trained;
+    else None): ``(M, e, ey)`` with the entries of ``Sig`` and (mode student) of ``Y`` (:func:`_covariances`) equal
+    to ``M y + const``; ``e[p, q]`` is the row of ``M`` of ``Sig_pq`` (upper triangle), ``ey[b, m]`` that of
+    ``Y_bm`` (for a full student ``e`` itself)."""
     if system.form == "reduced" or system.train not in (("w",), ("xi",)):
         return None
-    iu = triu_indices(system.K + system.M)
-    e = np.zeros((system.K + system.M,) * 2, dtype=np.int64)
+    n = system.K + system.M
+    iu = triu_indices(n)
+    e = np.zeros((n, n), dtype=np.int64)
     e[iu] = e[iu[::-1]] = np.arange(iu[0].size)
+    modes = system.form == "modes"
 
     def entries(y):
-        st = system.unpack(y)
-        return fields_cov(st["Q"], st["R"], system.T)[iu]
+        Sig, Y = _covariances(system, system.unpack(y))
+        return np.concatenate((Sig[iu], Y.ravel())) if modes else Sig[iu]
 
     base = entries(np.zeros(d))
-    return np.ascontiguousarray(np.stack([entries(u) - base for u in np.eye(d)], axis=1)), e
+    M = np.ascontiguousarray(np.stack([entries(u) - base for u in np.eye(d)], axis=1))
+    ey = (iu[0].size + np.arange(M.shape[0] - iu[0].size).reshape(-1, n)) if modes else e
+    return M, e, ey
 
 
 def rhs_curvature(system: OdeSystem, y, Sigma, J=None, fmap=None) -> np.ndarray:
     """``H : Sigma`` of the right-hand side (the bias forcing's, theory/finite_size.md eq. B3). Where the field
-    covariance is linear in the state (:func:`field_map` ``fmap``), the ``eta^2 / b`` term's ``I_4`` sums by their
-    contracted second derivative in closed form (:func:`~onlinemdl.ode.derivatives.d_curvature`, with
-    ``W = M Sigma M^T``: the work of a few right-hand sides, not of ``d``) and the rest, whose right-hand side costs
-    a small part of the whole, by central differences (:func:`hessian_contraction`); elsewhere all of it by
-    differences, one-sided with the Jacobian ``J``."""
+    covariances are linear in the state (:func:`field_map` ``fmap``), in closed form: the curvature of the
+    ``eta^2 / b`` term's ``I_4`` sums (:func:`~onlinemdl.ode.derivatives.d_curvature`) and of the ``I_3`` terms
+    ``E[delta x^T]`` (:func:`~onlinemdl.ode.derivatives.x_curvature`), contracted with ``W = M Sigma M^T``, the
+    covariance of the covariances' entries (the work of a few right-hand sides, not of ``d``; decay is linear);
+    elsewhere by differences along the directions of ``Sigma``, one-sided with the Jacobian ``J``
+    (:func:`hessian_contraction`)."""
     y = np.ascontiguousarray(y, dtype=float)
     if fmap is None:
         return hessian_contraction(system.rhs_many, y, Sigma, J)
-    M, e = fmap
-    args = system.kernel_args
-    rates = args[7].copy()
-    rates[INV_BATCH] = 0.0  # the right-hand side without its eta^2 / b term
-    rest = args[:7] + (rates,) + args[8:]
-    out = hessian_contraction(lambda Y: rhs_many(np.ascontiguousarray(Y), rest), y, Sigma)
+    M, e, ey = fmap
     st = system.unpack(y)
-    Sig = fields_cov(st["Q"], st["R"], system.T)
+    Sig, Y = _covariances(system, st)
+    W = M @ Sigma @ M.T
     c = np.concatenate((st["v"], -system.vt))
-    _, HD = d_curvature(Sig, M @ Sigma @ M.T, e, system.K, c, system.dynamics.sigma, system.act)
-    X = st["A"] * st["lam"] if system.form == "modes" else system.P  # Gram block: X^T D X
-    r = X.shape[1]
     dyn = system.dynamics
-    out[:r * (r + 1) // 2] += (dyn.eta ** 2 / dyn.batch * (X.T @ HD @ X))[triu_indices(r)]
+    _, HD = d_curvature(Sig, W, e, system.K, c, dyn.sigma, system.act)
+    HX = x_curvature(Sig, np.ascontiguousarray(Y), W, e, ey, system.K, c, system.act)
+    C = st["A"] * st["lam"] if system.form == "modes" else system.P  # h = C s
+    r = C.shape[1]
+    CX = C.T @ HX  # (r, r + M): the curvature of C^T E[delta x^T]
+    gram = -dyn.eta * (CX[:, :r] + CX[:, :r].T) + dyn.eta ** 2 / dyn.batch * (C.T @ HD @ C)
+    out = np.zeros(y.size)
+    out[:r * (r + 1) // 2] = gram[triu_indices(r)]
+    out[r * (r + 1) // 2:r * (r + 1) // 2 + r * system.M] = -dyn.eta * CX[:, r:].ravel()
     return out
 
 
