@@ -29,7 +29,7 @@ _4PI2 = 4.0 / math.pi**2
 # The Gaussian averages of the dynamics
 # --------------------------------------------------------------------------------------
 @njit(cache=True)
-def field_averages(Sig, K, c, sigma, act, with_d=True):
+def field_averages(Sig, K, c, sigma, act):
     """Averages over the fields ``f = (h_1..h_K, v_1..v_M)`` with covariance ``Sig``.
 
     With ``err = sum_k c_k g(f_k) - sigma zeta`` (``c = (v, -vt)``) and
@@ -39,8 +39,6 @@ def field_averages(Sig, K, c, sigma, act, with_d=True):
       ``E[delta_i z] = sum_k Phi_ik Cov(z, f_k) - psi_i Cov(z, h_i)`` (I3 is linear in z);
     * ``D`` (K, K): ``E[delta_i delta_j] = v_i v_j (sum_kl c_k c_l I4(i,j,k,l) + sigma^2 J2(i,j))``;
     * ``Ig`` (K): ``E[err g(h_i)] = sum_k c_k I2(i, k)``.
-
-    ``with_d=False`` leaves ``D`` zero (the right-hand sides skip it when their ``eta^2 / b`` factor is 0).
     """
     n = Sig.shape[0]
     Phi = np.empty((K, n))
@@ -59,9 +57,6 @@ def field_averages(Sig, K, c, sigma, act, with_d=True):
                 psi[i] += Phi[i, k] * Sig[i, k] / sii
             Ig[i] += c[k] * I2(Sig[i, i], Sig[k, k], Sig[i, k], act)
     rs = np.empty(n)
-    if not with_d:
-        D[:] = 0.0
-        return Phi, psi, D, Ig
     for a in range(K):
         saa = 1.0 + Sig[a, a]
         for b in range(a, K):
@@ -200,7 +195,7 @@ def rhs_full(y, T, vt, v0, P, rates, flags):
     v = y[nq + K * M:nq + K * M + K].copy() if train_v else v0
     c = np.concatenate((v, -vt))
     Sig = fields_cov(Q, R, T)
-    Phi, psi, D, Ig = field_averages(Sig, K, c, sigma, act, inv_b != 0.0)
+    Phi, psi, D, Ig = field_averages(Sig, K, c, sigma, act)
     dy = np.zeros_like(y)
     if train_w:
         Xf = mm(Phi, Sig)  # E[delta_i f_k] before the psi correction
@@ -252,7 +247,7 @@ def rhs_modes(y, T, vt, v0, A0, lam0, rates, flags):
     R = mm(C, S)
     c = np.concatenate((v, -vt))
     Sig = fields_cov(Q, R, T)
-    Phi, psi, D, Ig = field_averages(Sig, K, c, sigma, act, inv_b != 0.0)
+    Phi, psi, D, Ig = field_averages(Sig, K, c, sigma, act)
     # Cov(s_b, f_k): (Rm C^T | S)
     Cs = np.empty((p, K + M))
     Cs[:, :K] = CRm.T
