@@ -230,6 +230,22 @@ def test_rhs_curvature_equals_second_differences(case):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * scale)
 
 
+@pytest.mark.parametrize("case", list(CURVATURE_CASES))
+def test_closed_form_moments_equal_differences(case):
+    """The sd and the bias of eps_g, Q and R in closed form (field covariance linear in the state) equal the
+    central differences along the directions of Sigma and along b."""
+    system, state = CURVATURE_CASES[case]()
+    y = system.pack(state)
+    d = y.size
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((2, d, d))
+    ys, Sig, bs = np.array([y, 0.97 * y]), 0.1 * X @ X.transpose(0, 2, 1) / d, 0.1 * rng.standard_normal((2, d))
+    got = fl.eps_g_moments(system, ys, Sig, bs, 100)
+    want = fl._difference_moments(system, ys, Sig, bs, 100, 1e-4)
+    for g_, w_ in zip(got, want):
+        np.testing.assert_allclose(g_, w_, rtol=0, atol=1e-7 * np.abs(w_).max())
+
+
 @pytest.mark.parametrize("case", ["full-w+v-noise-decay", "modes-all", "modes-lam+A-batch2"])
 def test_rhs_curvature_falls_back_to_differences(case):
     """With trained v, lam or A the field covariance (or c) is not linear in the state: no field map, and

@@ -517,3 +517,35 @@ def x_curvature(Sig, Y, W, e, ey, K, c, act):
                 HX[i, b] += c[i] * c[m] * (2.0 * (TNu * CNu + TNl * CNl + Tul * Cul) + Tuu * Wii + Tll * Cll
                                            + t * hN + Tl * hl)
     return HX
+
+
+@njit(cache=True, error_model="numpy")
+def eps_g_curvature(Sig, W, e, c, act):
+    """The gradient ``g`` (over the entries ``e`` of ``Sig``) of ``eps_g = sum_ab c_a c_b I2(a, b) / 2`` (label noise
+    excluded) and its second derivative contracted with ``W`` (theory/finite_size.md eq. B3): each
+    ``I2(a, b) = (2/pi) asin(z)``, ``z = Sig_ab / sqrt((1 + Sig_aa)(1 + Sig_bb))``, through ``z``. Linear
+    activation: ``I2(a, b) = Sig_ab``, no curvature."""
+    n = Sig.shape[0]
+    g = np.zeros(W.shape[0])
+    hess = 0.0
+    for a in range(n):
+        for b in range(n):
+            w = 0.5 * c[a] * c[b]
+            eab, eaa, ebb = e[a, b], e[a, a], e[b, b]
+            if act == LINEAR:
+                g[eab] += w
+                continue
+            ua, ub = 1.0 + Sig[a, a], 1.0 + Sig[b, b]
+            rho = 1.0 / math.sqrt(ua * ub)
+            z = Sig[a, b] * rho
+            d1 = 1.0 / math.sqrt(max(1.0 - z * z, 1e-300))
+            z1, z2, z3 = rho, -0.5 * z / ua, -0.5 * z / ub  # dz / d(Sig_ab, Sig_aa, Sig_bb)
+            g[eab] += w * _2PI * d1 * z1
+            g[eaa] += w * _2PI * d1 * z2
+            g[ebb] += w * _2PI * d1 * z3
+            zWz = (z1 * z1 * W[eab, eab] + z2 * z2 * W[eaa, eaa] + z3 * z3 * W[ebb, ebb]
+                   + 2.0 * (z1 * z2 * W[eab, eaa] + z1 * z3 * W[eab, ebb] + z2 * z3 * W[eaa, ebb]))
+            zH = (2.0 * (-0.5 * rho / ua * W[eab, eaa] - 0.5 * rho / ub * W[eab, ebb] + 0.25 * z / (ua * ub) * W[eaa, ebb])
+                  + 0.75 * z / (ua * ua) * W[eaa, eaa] + 0.75 * z / (ub * ub) * W[ebb, ebb])
+            hess += w * _2PI * (z * d1 * d1 * d1 * zWz + d1 * zH)
+    return g, hess

@@ -20,8 +20,10 @@ import math
 import numpy as np
 
 from ..gaussian import LINEAR
+from .derivatives import eps_g_curvature
+from .kernels import fields_cov
 from .noise import state_structure
-from .propagation import interpolate, interpolation_plan, node_grid, propagate, refine_by_jacobian, sigma_directions
+from .propagation import field_map, interpolate, interpolation_plan, node_grid, propagate, refine_by_jacobian, sigma_directions
 from .system import OdeSystem, triu_indices
 
 
@@ -85,13 +87,22 @@ def eps_g_moments(system: OdeSystem, ys, Sigmas, bs, N: int, rel_step: float = 1
     ``eps_sd = sqrt(grad e . Sigma grad e / N)``, ``eps_bias = (grad e . b + tr(Hess e Sigma)/2) / N``
     for ``e`` = eps_g of the state (label noise excluded); the same for the ``nq`` entries of ``Q``
     and ``R`` (flattened, ``Q`` first; linear in the state except for trained ``A``, ``lam``).
-    With ``Sigma = sum_i w_i u_i u_i^T`` (:func:`sigma_directions`), ``grad e . Sigma grad e = sum_i w_i
+    In closed form where the field covariance is linear in the state (:func:`field_map`); elsewhere, with
+    ``Sigma = sum_i w_i u_i u_i^T`` (:func:`sigma_directions`), ``grad e . Sigma grad e = sum_i w_i
     (grad e . u_i)^2`` and ``tr(Hess e Sigma) = sum_i w_i u_i^T Hess e u_i``: central first and second
     differences along each ``u_i`` and along ``b`` (step ``rel_step`` x the state's scale), all states'
     evaluations in one batch.
     """
     ys = np.atleast_2d(np.asarray(ys, float))
-    n, d = ys.shape
+    fmap = field_map(system, ys.shape[1])
+    if fmap is not None:
+        return _closed_form_moments(system, ys, Sigmas, bs, N, fmap)
+    return _difference_moments(system, ys, Sigmas, bs, N, rel_step)
+
+
+def _difference_moments(system: OdeSystem, ys, Sigmas, bs, N: int, rel_step: float):
+    """:func:`eps_g_moments` by differences along the directions of ``Sigma`` and along ``b``."""
+    n = len(ys)
     h = rel_step * np.maximum(1.0, np.max(np.abs(ys), axis=1))
     rows, parts = [], []
     for y, S_, b, hk in zip(ys, Sigmas, bs, h):  # per state: y, y +- h u_i, y +- h b / |b|
@@ -115,6 +126,30 @@ def eps_g_moments(system: OdeSystem, ys, Sigmas, bs, N: int, rel_step: float = 1
         qr_sd[k] = np.sqrt(w @ dqr[:m] ** 2 / N)
         eps_bias[k] = (nb * de[m:].sum() + 0.5 * he) / N
         qr_bias[k] = (nb * dqr[m:].sum(axis=0) + 0.5 * hqr) / N
+    return eps_sd, eps_bias, qr_sd, qr_bias
+
+
+def _closed_form_moments(system: OdeSystem, ys, Sigmas, bs, N: int, fmap):
+    """:func:`eps_g_moments` where the field covariance is linear in the state (:func:`field_map`): ``Q``
+    and ``R`` are entries of it (no curvature), and ``eps_g``'s gradient and contracted second derivative
+    come in closed form (:func:`~onlinemdl.ode.derivatives.eps_g_curvature`) with ``W = M Sigma M^T``."""
+    M, e = fmap[0], fmap[1]
+    K = system.K
+    E = int(e.max()) + 1
+    Ms = M[:E]  # the rows of Sig's entries
+    at = np.concatenate((e[:K, :K].ravel(), e[:K, K:].ravel()))  # Q (K x K), then R (K x M)
+    n = len(ys)
+    eps_sd, eps_bias, qr_sd, qr_bias = np.zeros(n), np.zeros(n), np.zeros((n, at.size)), np.zeros((n, at.size))
+    for k, (y, S_, b) in enumerate(zip(ys, Sigmas, bs)):
+        st = system.unpack(y)
+        W = Ms @ S_ @ Ms.T
+        Mb = Ms @ b
+        g, hess = eps_g_curvature(fields_cov(st["Q"], st["R"], system.T), W, e,
+                                  np.concatenate((st["v"], -system.vt)), system.act)
+        eps_sd[k] = math.sqrt(max(g @ W @ g, 0.0) / N)
+        eps_bias[k] = (g @ Mb + 0.5 * hess) / N
+        qr_sd[k] = np.sqrt(np.maximum(np.diag(W)[at], 0.0) / N)
+        qr_bias[k] = Mb[at] / N
     return eps_sd, eps_bias, qr_sd, qr_bias
 
 
