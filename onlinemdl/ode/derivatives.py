@@ -169,21 +169,6 @@ def _i4_sum_derivatives(Sig, c, a, b, sigma, g, u):
 
 
 @njit(cache=True)
-def _mm_skip(X, Y):
-    """``X @ Y`` by loops that skip the zero entries of ``X``."""
-    n, k = X.shape
-    m = Y.shape[1]
-    out = np.zeros((n, m))
-    for i in range(n):
-        for q in range(k):
-            x = X[i, q]
-            if x != 0.0:
-                for j in range(m):
-                    out[i, j] += x * Y[q, j]
-    return out
-
-
-@njit(cache=True)
 def jacobian_kernel(y, T, vt, v0, A0, lam0, P, rates, flags, modes):
     """Jacobian of :func:`~onlinemdl.ode.kernels.rhs_any` at ``y`` (arguments as there), column by column:
     each unit direction of the state mapped to ``(dSig, dc)``, contracted with the averages' derivatives
@@ -302,8 +287,8 @@ def jacobian_kernel(y, T, vt, v0, A0, lam0, P, rates, flags, modes):
                     for l in range(K):
                         dD[i, l] += Dc[i, l, k] * dc[k]
         dZs[:K], dZs[K:] = dCG, dS.T
-        dX = _mm_skip(dPhi, Zs) + _mm_skip(dZs.T, Phi.T).T  # a unit direction leaves dPhi, dZs, dSig mostly zero
-        dXv = _mm_skip(dPhi, Su) + _mm_skip(dSig[:, K:].T, Phi.T).T
+        dX = mm(dPhi, Zs) + mm(dZs.T, Phi.T).T  # mm skips the zeros a unit direction leaves in dPhi, dZs, dSig
+        dXv = mm(dPhi, Su) + mm(dSig[:, K:].T, Phi.T).T
         for i in range(K):
             dX[i] -= dpsi[i] * CG[i] + psi[i] * dCG[i]
             dXv[i] -= dpsi[i] * R[i] + psi[i] * dR[i]

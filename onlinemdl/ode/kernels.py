@@ -133,15 +133,17 @@ def _i4_sum(Sig, c, a, b, saa, sbb, sab, l4, rs):
 @njit(cache=True)
 def mm(X, Y):
     """X @ Y by loops: these products are small, and ``@`` would call a multi-threaded BLAS whose
-    threads compete for the cores with scan workers and replica threads."""
+    threads compete for the cores with scan workers and replica threads. Zero entries of ``X`` are skipped
+    (the Jacobian's unit directions leave most of theirs zero)."""
     n, k = X.shape
     m = Y.shape[1]
     out = np.zeros((n, m))
     for i in range(n):
         for q in range(k):
             x = X[i, q]
-            for j in range(m):
-                out[i, j] += x * Y[q, j]
+            if x != 0.0:
+                for j in range(m):
+                    out[i, j] += x * Y[q, j]
     return out
 
 
