@@ -80,21 +80,22 @@ def observables(system: OdeSystem, Y):
     return e, np.concatenate((Q.reshape(len(Q), -1), R.reshape(len(R), -1)), axis=1)
 
 
-def eps_g_moments(system: OdeSystem, ys, Sigmas, bs, N: int, rel_step: float = 1e-4):
+def eps_g_moments(system: OdeSystem, ys, Sigmas, bs, N: int, rel_step: float = 1e-4, fmap=None):
     """Predicted moments across runs at the states ``ys`` (n, d) with ``Sigmas`` (n, d, d) and
     ``bs`` (n, d): ``(eps_sd, eps_bias, qr_sd, qr_bias)`` of shapes (n,), (n,), (n, nq), (n, nq).
 
     ``eps_sd = sqrt(grad e . Sigma grad e / N)``, ``eps_bias = (grad e . b + tr(Hess e Sigma)/2) / N``
     for ``e`` = eps_g of the state (label noise excluded); the same for the ``nq`` entries of ``Q``
     and ``R`` (flattened, ``Q`` first; linear in the state except for trained ``A``, ``lam``).
-    In closed form where the field covariance is linear in the state (:func:`field_map`); elsewhere, with
+    In closed form where the field covariance is linear in the state (:func:`field_map` ``fmap``, computed
+    when not given); elsewhere, with
     ``Sigma = sum_i w_i u_i u_i^T`` (:func:`sigma_directions`), ``grad e . Sigma grad e = sum_i w_i
     (grad e . u_i)^2`` and ``tr(Hess e Sigma) = sum_i w_i u_i^T Hess e u_i``: central first and second
     differences along each ``u_i`` and along ``b`` (step ``rel_step`` x the state's scale), all states'
     evaluations in one batch.
     """
     ys = np.atleast_2d(np.asarray(ys, float))
-    fmap = field_map(system, ys.shape[1])
+    fmap = field_map(system, ys.shape[1]) if fmap is None else fmap
     if fmap is not None:
         return _closed_form_moments(system, ys, Sigmas, bs, N, fmap)
     return _difference_moments(system, ys, Sigmas, bs, N, rel_step)
@@ -208,20 +209,21 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
     if alpha.ndim != 1 or alpha.size == 0 or np.any(np.diff(alpha) <= 0):
         raise ValueError("alpha must be a non-empty, strictly increasing sequence (the output times)")
     y0 = np.asarray(y0, float)
+    fmap = field_map(system, y0.size)  # shared by the bias forcing and the moments
     if alpha[-1] > alpha[0]:
         if sol is None:
             sol = solve_ivp(lambda t, y: system.rhs(y), (alpha[0], alpha[-1]), y0, method="LSODA", rtol=rtol,
                             atol=atol, dense_output=True, jac=lambda t, y: system.jacobian(y)).sol
         nodes = node_grid(sol, alpha, per_decade, dy_tol)
         nodes, ys, Js = refine_by_jacobian(system, sol, nodes, jac_tol, y0=y0)
-        Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2, jacobians=Js)
+        Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2, jacobians=Js, fmap=fmap)
     else:
         nodes, ys = alpha[:1], y0[None]
-        Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2)
+        Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2, fmap=fmap)
     bad = np.nonzero(~validity(ys, Sig, N, system.T, tol, bb if bias else None))[0]
     valid_until = float(nodes[bad[0]]) if bad.size else math.inf
     K, M = system.K, system.M
-    eps_sd, eps_bias, qr_sd, qr_bias = eps_g_moments(system, ys, Sig, bb, N)
+    eps_sd, eps_bias, qr_sd, qr_bias = eps_g_moments(system, ys, Sig, bb, N, fmap=fmap)
     var, shift = (eps_sd ** 2, qr_sd ** 2), (eps_bias, qr_bias)
     if nodes.size > 1:  # outputs between nodes: cubics, in log for the observables' variances
         plan = interpolation_plan(nodes, alpha)

@@ -4,9 +4,9 @@ contraction ``H:Sigma`` and the cubics that carry node values to other times.
 
 * :func:`node_grid`, :func:`refine_by_jacobian`: where the propagation takes its nodes;
 * :func:`propagate`: ``Sigma`` and ``b`` at the nodes;
-* :func:`rhs_curvature`: the bias forcing's ``H:Sigma``, the ``eta^2 / b`` term's I4 sums in closed form where the
-  field covariance is linear in the state (:func:`field_map`), the rest by :func:`hessian_contraction`, differences
-  along the directions of ``Sigma`` (:func:`sigma_directions`);
+* :func:`rhs_curvature`: the bias forcing's ``H:Sigma``, in closed form where the field covariances are linear in
+  the state (:func:`field_map`), elsewhere by :func:`hessian_contraction`, differences along the directions of
+  ``Sigma`` (:func:`sigma_directions`);
 * :func:`interpolation_plan`, :func:`interpolate`: node values at the output times.
 """
 from __future__ import annotations
@@ -53,8 +53,8 @@ def hessian_contraction(f_many, y, Sigma, J=None, rel_step: float | None = None,
     differences along the directions of :func:`sigma_directions` (all but ``cutoff`` of its trace): central
     second differences, or, given the Jacobian ``J`` at ``y``, the one-sided
     ``2 (f(y + h e) - f(y) - h J e) / h^2`` (half the evaluations). ``h = rel_step max(1, |y|)``,
-    ``rel_step`` 1e-4 by default (with the closed-form ``J``: within 2e-5 of the exact contraction on the
-    cases of ``benchmarks/bench_fluctuations.py``). ``f_many`` maps the rows of an array
+    ``rel_step`` 1e-4 by default (one-sided, with the closed-form ``J``: 2e-4 to 6e-4 of the exact contraction
+    at the nodes of a K = M = 3 run from small weights, theory/finite_size.md §4). ``f_many`` maps the rows of an array
     (:meth:`OdeSystem.rhs_many`)."""
     w, U = sigma_directions(Sigma, cutoff)
     rel_step = 1e-4 if rel_step is None else rel_step
@@ -294,7 +294,7 @@ def _at(weights, values):
 
 
 def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: bool = True,
-              log2: int | None = None, noise=None, jacobians=None):
+              log2: int | None = None, noise=None, jacobians=None, fmap=None):
     """``Sigma`` and ``b`` at the ``nodes`` (increasing alpha) of an ODE solution ``ys``.
 
     ``Sigma0``, ``b0``: their initial values (default 0: runs started from the very networks
@@ -304,8 +304,8 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     (eq. P2). It is exact for constant coefficients (matrix exponentials), so stiff systems need no small
     steps, and its error falls like ``h^4``. ``b`` follows once ``Sigma`` is known at every node: its
     forcing needs ``Sigma``, and its cubics need the forcing two nodes ahead.
-    ``noise``, ``jacobians``: the node values of ``V`` and ``J`` when the caller has them (default:
-    computed here).
+    ``noise``, ``jacobians``, ``fmap``: the node values of ``V`` and ``J`` and the :func:`field_map` when the
+    caller has them (default: computed here).
     Returns ``(Sigma, b)`` of shapes (n, d, d) and (n, d); ``b`` is zero when ``bias`` is False.
     """
     nodes, ys = np.asarray(nodes, float), np.asarray(ys, float)
@@ -327,7 +327,7 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
         Jbar.append(J)
     if not bias:
         return Sig, bb
-    fmap = field_map(system, d)
+    fmap = field_map(system, d) if fmap is None else fmap
     forcing = np.array([finite_n_drift(system, y, J, m) + (0.5 * rhs_curvature(system, y, S, J, fmap) if np.any(S) else 0.0)
                         for y, J, m, S in zip(ys, Js, moments, Sig)])  # s = H:Sigma / 2 + f_1
     for k in range(n - 1):
