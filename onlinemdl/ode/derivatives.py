@@ -207,7 +207,6 @@ def jacobian_kernel(y, T, vt, v0, A0, lam0, P, rates, flags, modes):
         Lm = P
     v = y[off:off + K].copy() if train_v else v0
     moving = modes and (train_lam or train_A)
-    plain = not modes and np.array_equal(Lm, np.eye(K))  # full form: C = P = I, so skip the products with them
     CG = mm(C, G)
     CT, LmT = np.ascontiguousarray(C.T), np.ascontiguousarray(Lm.T)
     Q, R = mm(CG, CT), mm(C, S)
@@ -256,8 +255,6 @@ def jacobian_kernel(y, T, vt, v0, A0, lam0, P, rates, flags, modes):
             dCG = mm(dC, G) + mm(C, dG)
             dQ = mm(dCG, CT) + mm(CG, dC.T)
             dR = mm(dC, S) + mm(C, dS)
-        elif plain:
-            dCG, dQ, dR = dG, dG, dS
         else:
             dCG = mm(C, dG)
             dQ = mm(dCG, CT)
@@ -293,11 +290,8 @@ def jacobian_kernel(y, T, vt, v0, A0, lam0, P, rates, flags, modes):
             dX[i] -= dpsi[i] * CG[i] + psi[i] * dCG[i]
             dXv[i] -= dpsi[i] * R[i] + psi[i] * dR[i]
         if train_n:  # dG/da = -eta (Lm X + (Lm X)^T) + (eta^2/b) Lm D Lm^T - 2 eta kappa G; dS/da = -eta Lm Xv - eta kappa S
-            if plain:
-                LX, LXv, LD = dX, dXv, dD
-            else:
-                LX, LXv = mm(Lm, dX), mm(Lm, dXv)
-                LD = mm(mm(Lm, dD), LmT)
+            LX, LXv = mm(Lm, dX), mm(Lm, dXv)
+            LD = mm(mm(Lm, dD), LmT)
             if moving:
                 dLm = dC.T
                 LX += mm(dLm, X)
