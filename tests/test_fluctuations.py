@@ -208,8 +208,9 @@ def test_rhs_curvature_equals_second_differences(case):
     y = system.pack(state)
     d = y.size
     M, e, ey = prop.field_map(system, d)
-    Sig, Y = prop._covariances(system, system.unpack(y))
-    Sig0, Y0 = prop._covariances(system, system.unpack(np.zeros(d)))
+    _, _, _, Sig, _, Chf = nz.field_covariances(system, y)
+    _, _, _, Sig0, _, Chf0 = nz.field_covariances(system, np.zeros(d))
+    Y, Y0 = Chf.T, Chf0.T
     n = Sig.shape[0]
     W = np.zeros(M.shape[0])
     W[e], W[ey] = Sig, Y

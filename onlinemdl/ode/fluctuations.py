@@ -21,8 +21,7 @@ import numpy as np
 
 from ..gaussian import LINEAR
 from .derivatives import eps_g_curvature
-from .kernels import fields_cov
-from .noise import state_structure
+from .noise import field_covariances, state_structure
 from .propagation import field_map, interpolate, interpolation_plan, node_grid, propagate, refine_by_jacobian, sigma_directions
 from .system import OdeSystem, triu_indices
 
@@ -142,11 +141,10 @@ def _closed_form_moments(system: OdeSystem, ys, Sigmas, bs, N: int, fmap):
     n = len(ys)
     eps_sd, eps_bias, qr_sd, qr_bias = np.zeros(n), np.zeros(n), np.zeros((n, at.size)), np.zeros((n, at.size))
     for k, (y, S_, b) in enumerate(zip(ys, Sigmas, bs)):
-        st = system.unpack(y)
+        _, _, st, Sig, _, _ = field_covariances(system, y)
         W = Ms @ S_ @ Ms.T
         Mb = Ms @ b
-        g, hess = eps_g_curvature(fields_cov(st["Q"], st["R"], system.T), W, e,
-                                  np.concatenate((st["v"], -system.vt)), system.act)
+        g, hess = eps_g_curvature(Sig, W, e, np.concatenate((st["v"], -system.vt)), system.act)
         eps_sd[k] = math.sqrt(max(g @ W @ g, 0.0) / N)
         eps_bias[k] = (g @ Mb + 0.5 * hess) / N
         qr_sd[k] = np.sqrt(np.maximum(np.diag(W)[at], 0.0) / N)

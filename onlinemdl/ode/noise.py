@@ -9,8 +9,9 @@
 * :func:`finite_n_drift`: ``f_1(y)``, the O(1/N) part of the exact finite-N mean step (Gram
   chain), in closed form (Price's theorem for the ``|x|^2`` term), with the ``-J f / 2`` of
   the discrete time step;
-* :func:`state_structure`, :func:`delta_moments`: the field-space description of a state and the
-  averages at it, shared by the above and by :mod:`onlinemdl.ode.propagation`.
+* :func:`state_structure`, :func:`field_covariances`, :func:`delta_moments`: the field-space description of a
+  state and the averages at it, shared by the above and by :mod:`onlinemdl.ode.propagation` and
+  :mod:`onlinemdl.ode.fluctuations`.
 """
 from __future__ import annotations
 
@@ -326,20 +327,27 @@ def linear_noise(system: OdeSystem, y, moments=None):
 # --------------------------------------------------------------------------------------
 # The O(1/N) part of the exact mean step
 # --------------------------------------------------------------------------------------
-def delta_moments(system, y):
-    """At the state ``y``: ``G``, ``C``, the state dict, the covariance ``Sig`` of ``z = (h, u)``, the averages
-    and their derivatives there (:func:`~onlinemdl.ode.derivatives.field_average_derivatives`), the
-    covariance ``Cf`` of ``x = (s, u)``, ``Chf = Cov(z, x)`` and ``E[delta x^T]`` (K, r + M)."""
+def field_covariances(system: OdeSystem, y):
+    """At the state ``y``: ``G``, ``C``, the state dict (:func:`state_structure`), the covariance ``Sig`` of
+    ``z = (h, u)``, the covariance ``Cf`` of ``x = (s, u)`` and ``Chf = Cov(z, x)`` (for a full student
+    ``x = z``: ``Chf`` is ``Sig``)."""
     G, S, C, st = state_structure(system, y)
     K, M, r = system.K, system.M, G.shape[0]
     Sig = joint_covariance(C @ G @ C.T, C @ S, system.T)
-    c = np.ascontiguousarray(np.concatenate((st["v"], -system.vt)))
-    parts = field_average_derivatives(Sig, K, c, system.dynamics.sigma, system.act)
     Cf = joint_covariance(G, S, system.T)
     Hmap = np.zeros((K + M, r + M))
     Hmap[:K, :r], Hmap[K:, r:] = C, np.eye(M)
-    Chf = Hmap @ Cf
-    return G, C, st, Sig, parts, Cf, Chf, parts[0] @ Chf - parts[1][:, None] * Chf[:K]
+    return G, C, st, Sig, Cf, Hmap @ Cf
+
+
+def delta_moments(system, y):
+    """At the state ``y``: ``G``, ``C``, the state dict, ``Sig``, the averages and their derivatives there
+    (:func:`~onlinemdl.ode.derivatives.field_average_derivatives`), ``Cf``, ``Chf`` (:func:`field_covariances`)
+    and ``E[delta x^T]`` (K, r + M)."""
+    G, C, st, Sig, Cf, Chf = field_covariances(system, y)
+    c = np.ascontiguousarray(np.concatenate((st["v"], -system.vt)))
+    parts = field_average_derivatives(Sig, system.K, c, system.dynamics.sigma, system.act)
+    return G, C, st, Sig, parts, Cf, Chf, parts[0] @ Chf - parts[1][:, None] * Chf[:system.K]
 
 
 def finite_n_drift(system: OdeSystem, y, J=None, moments=None) -> np.ndarray:

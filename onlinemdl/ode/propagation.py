@@ -16,10 +16,8 @@ import math
 import numpy as np
 from numba import njit
 
-from ..gaussian import joint_covariance
 from .derivatives import d_curvature, x_curvature
-from .kernels import fields_cov
-from .noise import delta_moments, finite_n_drift, noise_covariance
+from .noise import delta_moments, field_covariances, finite_n_drift, noise_covariance
 from .system import OdeSystem, triu_indices
 
 _GAUSS = 0.5 + np.array([-1.0, 1.0]) * math.sqrt(3.0) / 6  # Gauss-Legendre points on [0, 1]
@@ -68,25 +66,11 @@ def hessian_contraction(f_many, y, Sigma, J=None, rel_step: float | None = None,
     return 2 * w @ (values[1:] - values[0] - E @ J.T) / (h * h)
 
 
-def _covariances(system: OdeSystem, st):
-    """The field covariance ``Sig`` of ``f = (h, v)`` and, for a mode student, the cross covariance
-    ``Y = Cov(x, f)`` of ``x = (s, v)`` (``s = Xi^T x``: the fields of the trained vectors); for a full student
-    ``x = f``, and ``Y`` is ``Sig``."""
-    Sig = fields_cov(st["Q"], st["R"], system.T)
-    if system.form != "modes":
-        return Sig, Sig
-    C = st["A"] * st["lam"]
-    r, M = C.shape[1], system.M
-    Hmap = np.zeros((system.K + M, r + M))
-    Hmap[:system.K, :r], Hmap[system.K:, r:] = C, np.eye(M)
-    return Sig, (Hmap @ joint_covariance(st["Rm"], st["S"], system.T)).T
-
-
 def field_map(system: OdeSystem, d: int):
     """Where the field covariances are linear in the ``d``-dimensional state (only ``W`` or only ``Xi`` trained;
-    else None): ``(M, e, ey)`` with the entries of ``Sig`` and (mode student) of ``Y`` (:func:`_covariances`) equal
-    to ``M y + const``; ``e[p, q]`` is the row of ``M`` of ``Sig_pq`` (upper triangle), ``ey[b, m]`` that of
-    ``Y_bm`` (for a full student ``e`` itself)."""
+    else None): ``(M, e, ey)`` with the entries of ``Sig`` and (mode student) of ``Y = Cov(x, z)``
+    (:func:`~onlinemdl.ode.noise.field_covariances`: ``Chf^T``) equal to ``M y + const``; ``e[p, q]`` is the row
+    of ``M`` of ``Sig_pq`` (upper triangle), ``ey[b, m]`` that of ``Y_bm`` (for a full student ``e`` itself)."""
     if system.form == "reduced" or system.train not in (("w",), ("xi",)):
         return None
     n = system.K + system.M
@@ -96,8 +80,8 @@ def field_map(system: OdeSystem, d: int):
     modes = system.form == "modes"
 
     def entries(y):
-        Sig, Y = _covariances(system, system.unpack(y))
-        return np.concatenate((Sig[iu], Y.ravel())) if modes else Sig[iu]
+        _, _, _, Sig, _, Chf = field_covariances(system, y)
+        return np.concatenate((Sig[iu], Chf.T.ravel())) if modes else Sig[iu]
 
     base = entries(np.zeros(d))
     M = np.ascontiguousarray(np.stack([entries(u) - base for u in np.eye(d)], axis=1))
@@ -117,15 +101,13 @@ def rhs_curvature(system: OdeSystem, y, Sigma, J=None, fmap=None) -> np.ndarray:
     if fmap is None:
         return hessian_contraction(system.rhs_many, y, Sigma, J)
     M, e, ey = fmap
-    st = system.unpack(y)
-    Sig, Y = _covariances(system, st)
+    _, C, st, Sig, _, Chf = field_covariances(system, y)
     W = M @ Sigma @ M.T
     c = np.concatenate((st["v"], -system.vt))
     dyn = system.dynamics
     _, HD = d_curvature(Sig, W, e, system.K, c, dyn.sigma, system.act)
-    HX = x_curvature(Sig, np.ascontiguousarray(Y), W, e, ey, system.K, c, system.act)
-    C = st["A"] * st["lam"] if system.form == "modes" else system.P  # h = C s
-    r = C.shape[1]
+    HX = x_curvature(Sig, np.ascontiguousarray(Chf.T), W, e, ey, system.K, c, system.act)
+    r = C.shape[1]  # h = C s
     CX = C.T @ HX  # (r, r + M): the curvature of C^T E[delta x^T]
     gram = -dyn.eta * (CX[:, :r] + CX[:, :r].T) + dyn.eta ** 2 / dyn.batch * (C.T @ HD @ C)
     out = np.zeros(y.size)
