@@ -22,7 +22,8 @@ import numpy as np
 from ..gaussian import LINEAR
 from .derivatives import eps_g_curvature
 from .noise import field_covariances, state_structure
-from .propagation import field_map, interpolate, interpolation_plan, node_grid, propagate, refine_by_jacobian, sigma_directions
+from .propagation import (field_map, interpolate, interpolation_plan, node_grid, path_parameter, propagate, refine_by_jacobian,
+                          sigma_directions)
 from .system import OdeSystem, triu_indices
 
 
@@ -190,7 +191,7 @@ def initial_covariance(system: OdeSystem, y0, N: int, scale2: float) -> np.ndarr
 
 def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bool = True, rtol: float = 1e-8,
             atol: float = 1e-10, log2: int | None = None, dy_tol: float = 0.05, tol: float = 0.1,
-            per_decade: int = 5, jac_tol: float = 3e-4, sol=None) -> dict:
+            per_decade: int = 3, jac_tol: float = 1e-3, sol=None) -> dict:
     """The finite-N predictions at the output times ``alpha`` (starting at the initial state).
 
     Returns a dict: ``cov`` (n, d, d) = ``Sigma / N``, the covariance of the state vector across
@@ -214,7 +215,8 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
                             atol=atol, dense_output=True, jac=lambda t, y: system.jacobian(y)).sol
         nodes = node_grid(sol, alpha, per_decade, dy_tol)
         nodes, ys, Js = refine_by_jacobian(system, sol, nodes, jac_tol, y0=y0)
-        Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2, jacobians=Js, fmap=fmap)
+        Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2, jacobians=Js, fmap=fmap,
+                            path=path_parameter(sol, nodes))
     else:
         nodes, ys = alpha[:1], y0[None]
         Sig, bb = propagate(system, nodes, ys, N, Sigma0, b0, bias, log2, fmap=fmap)
@@ -226,7 +228,11 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
     if nodes.size > 1:  # outputs between nodes: cubics, in log for the observables' variances
         plan = interpolation_plan(nodes, alpha)
         Sig, bb = interpolate(plan, Sig), interpolate(plan, bb)
-        var = tuple(interpolate(plan, x, geometric=True) for x in var)
+        if nodes.size > 2:  # in log(alpha - alpha_0) too: the early variances grow like a power of it
+            later = interpolation_plan(np.log(nodes[1:] - nodes[0]), np.log(alpha[1:] - nodes[0]))
+            var = tuple(np.concatenate((x[:1], interpolate(later, x[1:], geometric=True))) for x in var)
+        else:
+            var = tuple(interpolate(plan, x, geometric=True) for x in var)
         shift = tuple(interpolate(plan, x) for x in shift)
     n = alpha.size
     qs, qb = np.sqrt(np.maximum(var[1], 0.0)), shift[1]

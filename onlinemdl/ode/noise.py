@@ -58,7 +58,8 @@ def increments(system: OdeSystem, y, s, u, zeta=None) -> np.ndarray:
     X = np.ascontiguousarray(np.hstack((s, u) if zeta is None else (s, u, np.asarray(zeta, float)[:, None])))
     noisy = zeta is not None
     L = np.eye(X.shape[1] - noisy)
-    return _increment_rows(X, L, noisy, np.zeros((1, np.asarray(y).size)), False, *_increment_args(system, y))[0]
+    d = np.asarray(y).size
+    return _increment_rows(X, L, noisy, np.zeros((1, d)), np.arange(d), False, *_increment_args(system, y))[0]
 
 
 def _increment_args(system: OdeSystem, y) -> tuple:
@@ -73,18 +74,22 @@ def _increment_args(system: OdeSystem, y) -> tuple:
 
 
 @njit(cache=True)
-def _increment_rows(X, L, noisy, shift, split, C, G, S, v, vt, A, lam, rates, flags, modes, d):
+def _increment_rows(X, L, noisy, shift, rest, split, C, G, S, v, vt, A, lam, rates, flags, modes, d):
     """Rows of :func:`increments` minus ``shift`` (theory/finite_size.md eq. of F^(1)), one per row
     of ``X``: the fields are ``(s, u) = L X[t, :k]`` (``k`` = columns of ``L``), the label-noise
     variate ``X[t, -1]`` when ``noisy``. Returns ``(F, F2)``: with ``split``, ``F`` holds the terms
     linear in ``delta`` (and the decay) minus ``shift[0]``, ``F2`` the rest (``(eta^2/b) dd^T`` and
-    the ``v`` increments) minus ``shift[1]``; else ``F`` (= ``F2``) the whole increment minus ``shift[0]``."""
+    the ``v`` increments) minus ``shift[1]``, in its columns the state entries ``rest`` (the only ones
+    where it is not zero); else ``F`` (= ``F2``) the whole increment minus ``shift[0]`` (``rest``: all entries)."""
     n, k = X.shape[0], L.shape[1]
     r, K, M = G.shape[0], C.shape[0], vt.size
     eta, inv_b, kappa, sigma = rates[ETA], rates[INV_BATCH], rates[DECAY], rates[SIGMA]
     act = flags[ACT]
     F = np.zeros((n, d))
-    F2 = np.zeros((n, d)) if split else F
+    F2 = np.zeros((n, rest.size)) if split else F
+    col = np.zeros(d, dtype=np.int64)  # the column of F2 of a state entry in rest
+    for j in range(rest.size):
+        col[rest[j]] = j
     f, h, gh, delta, dd = np.empty(r + M), np.empty(K), np.empty(K), np.empty(K), np.empty(r)
     for t in range(n):
         for a in range(r + M):  # f = (s, u)
@@ -114,7 +119,7 @@ def _increment_rows(X, L, noisy, shift, split, C, G, S, v, vt, A, lam, rates, fl
             for a in range(r):  # G block, upper triangle
                 for b in range(a, r):
                     F[t, off] = -eta * (dd[a] * f[b] + f[a] * dd[b]) - 2.0 * eta * kappa * G[a, b]
-                    F2[t, off] += eta * eta * inv_b * dd[a] * dd[b]
+                    F2[t, col[off]] += eta * eta * inv_b * dd[a] * dd[b]
                     off += 1
             for a in range(r):  # S block
                 for m in range(M):
@@ -136,12 +141,13 @@ def _increment_rows(X, L, noisy, shift, split, C, G, S, v, vt, A, lam, rates, fl
                     off += 1
         if flags[TRAIN_V]:
             for i in range(K):
-                F2[t, off] += -rates[ETA_V] * err * gh[i]
+                F2[t, col[off]] += -rates[ETA_V] * err * gh[i]
                 off += 1
         for j in range(d):
             F[t, j] -= shift[0, j]
-            if split:
-                F2[t, j] -= shift[1, j]
+        if split:
+            for j in range(rest.size):
+                F2[t, j] -= shift[1, rest[j]]
     return F, F2
 
 
@@ -232,12 +238,12 @@ def _cubature(system, args, shift, log2, rest=None):
     noisy = system.dynamics.sigma > 0
     Z = _normal_points(L.shape[1] + noisy, log2)
     n, split = Z.shape[0], rest is not None
+    columns = rest if split else np.arange(args[-1])
     t1, t2, cross, second = 0.0, 0.0, 0.0, 0.0
     for lo in range(0, n, 2048):  # in chunks that stay in cache
-        F, F2 = _increment_rows(Z[lo:lo + 2048], L, noisy, shift, split, *args)
+        F, F2 = _increment_rows(Z[lo:lo + 2048], L, noisy, shift, columns, split, *args)
         t1 = t1 + F.sum(axis=0)
         if split:
-            F2 = np.ascontiguousarray(F2[:, rest])
             t2 = t2 + F2.sum(axis=0)
             cross = cross + F.T @ F2
             second = second + F2.T @ F2
