@@ -432,6 +432,56 @@ def test_gauss_weights_and_interpolation_are_exact_for_cubics():
     np.testing.assert_allclose(prop.interpolate(plan, grow, geometric=True), np.exp(0.7 * alpha), rtol=1e-12)
 
 
+def test_variances_interpolated_in_log_log_are_exact_for_power_laws():
+    """From a fixed start the variances grow like a power of alpha - alpha_0: a cubic in log-log follows them
+    exactly (a cubic in log(value) over alpha does not), and the first output takes the first node's value."""
+    nodes = np.array([1.0, 1.5, 2.07, 3.0, 5.5, 9.0, 15.0])
+    alpha = np.linspace(1.0, 15.0, 57)
+    for power in (1.0, 0.5, 2.3):
+        law = lambda t: 0.3 * (t - 1.0) ** power + 0 * t  # noqa: E731
+        values = np.stack((law(nodes), 2 * law(nodes)), axis=1)
+        got = prop.interpolate_variance(nodes, alpha, values)
+        np.testing.assert_allclose(got, np.stack((law(alpha), 2 * law(alpha)), axis=1), rtol=1e-11, atol=1e-14)
+    in_alpha = prop.interpolate(prop.interpolation_plan(nodes, alpha), law(nodes), geometric=True)
+    assert np.max(np.abs(in_alpha[1:] / law(alpha[1:]) - 1)) > 1e-3
+
+
+def _relaxing_path(d=3, rate=0.7, seed=11):
+    """A dense output ``sol`` of a straight path ``y* + u e^{-rate alpha}`` (values (d, m) at m times)."""
+    rng = np.random.default_rng(seed)
+    y_star, u = rng.normal(size=d), rng.normal(size=d)
+    return lambda a: y_star[:, None] + u[:, None] * np.exp(-rate * np.atleast_1d(np.asarray(a, float)))[None, :]
+
+
+def test_state_functions_are_interpolated_along_the_path():
+    """J and V depend on the state alone. Along a path that relaxes several e-folds a step, a function affine in the
+    state is linear in the path's length: its cubic in path_parameter hits it at the Gauss points (to the 1e-6 of
+    alpha that keeps the parameter rising), where the cubic in alpha is off by 0.4% of its scale."""
+    sol = _relaxing_path()
+    A = np.random.default_rng(12).normal(size=(4, 3))
+    f = lambda a: (A @ sol(a)).T + 1.0  # noqa: E731  an affine function of the state, (m, 4)
+    nodes = np.array([0.0, 1.0, 3.0, 6.0, 10.0, 15.0])
+    at_nodes, at_gauss = prop.path_parameter(sol, nodes)
+    assert np.all(np.diff(at_nodes) > 0)
+    scale, worst = np.abs(f(nodes)).max(), 0.0
+    for k in range(nodes.size - 1):
+        exact = f(nodes[k] + prop._GAUSS * (nodes[k + 1] - nodes[k]))
+        along = prop._at(prop._lagrange(at_nodes, k, at_gauss[k]), f(nodes))
+        np.testing.assert_allclose(along, exact, rtol=0, atol=1e-5 * scale)
+        in_alpha = prop._at(prop._gauss_weights(nodes)[k], f(nodes))
+        worst = max(worst, np.abs(in_alpha - exact).max() / scale)
+    assert worst > 1e-3
+
+
+def test_path_parameter_of_a_standing_state_is_alpha():
+    """Where the state never moves the parameter is alpha itself (scaled): the interpolation is the one in alpha."""
+    nodes = np.array([0.0, 0.5, 2.0, 3.5, 7.0])
+    at_nodes, at_gauss = prop.path_parameter(lambda a: np.ones((2, np.size(a))), nodes)
+    scale = at_nodes[-1] / nodes[-1]
+    np.testing.assert_allclose(at_nodes / scale, nodes, rtol=1e-12)
+    np.testing.assert_allclose(at_gauss / scale, nodes[:-1, None] + prop._GAUSS * np.diff(nodes)[:, None], rtol=1e-12)
+
+
 def test_predict_refuses_output_times_out_of_order():
     """The interpolation to the outputs takes them in order; unordered times would be mixed up silently."""
     teacher, student = om.Teacher.random(50, 2, seed=0), om.Student.full(50, 2, seed=1)

@@ -7,7 +7,8 @@ contraction ``H:Sigma`` and the cubics that carry node values to other times.
 * :func:`rhs_curvature`: the bias forcing's ``H:Sigma``, in closed form where the field covariances are linear in
   the state (:func:`field_map`), elsewhere by :func:`hessian_contraction`, differences along the directions of
   ``Sigma`` (:func:`sigma_directions`);
-* :func:`interpolation_plan`, :func:`interpolate`: node values at the output times.
+* :func:`interpolation_plan`, :func:`interpolate`, :func:`interpolate_variance`: node values at the output times;
+* :func:`path_parameter`: where the state is along its path, in which ``J`` and ``V`` are interpolated.
 """
 from __future__ import annotations
 
@@ -411,6 +412,20 @@ def interpolation_plan(nodes, alpha):
     cuts = np.flatnonzero(np.diff(k)) + 1
     return [(slice(a, b), *_lagrange(nodes, k[a], alpha[a:b]))
             for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [k.size])))]
+
+
+def interpolate_variance(nodes, alpha, values):
+    """Variances (n_nodes, ...) at the output times ``alpha`` (``alpha[0] = nodes[0]``, the rest later): the cubic
+    in ``log(value)`` over ``log(alpha - alpha_0)`` through the four nodes nearest each output (eq. P4) where those
+    four are positive, else the plain cubic over ``log(alpha - alpha_0)``. Exact for a power law ``c (alpha -
+    alpha_0)^p``, as the variances grow from a fixed start, where a cubic in ``alpha`` is off by 0.3% (full
+    K = M = 8 run, 5 nodes a decade); for the exponential relaxation late in a run ``log(alpha - alpha_0)`` is as
+    good as ``alpha``, its spacing nearly even there."""
+    values = np.asarray(values, float)
+    if len(nodes) < 3:
+        return interpolate(interpolation_plan(nodes, alpha), values, geometric=True)
+    later = interpolation_plan(np.log(nodes[1:] - nodes[0]), np.log(np.asarray(alpha[1:], float) - nodes[0]))
+    return np.concatenate((values[:1], interpolate(later, values[1:], geometric=True)))
 
 
 def interpolate(plan, values, geometric: bool = False):
