@@ -338,12 +338,13 @@ def field_covariances(system: OdeSystem, y):
     ``z = (h, u)``, the covariance ``Cf`` of ``x = (s, u)`` and ``Chf = Cov(z, x)`` (for a full student
     ``x = z``: ``Chf`` is ``Sig``)."""
     G, S, C, st = state_structure(system, y)
-    K, M, r = system.K, system.M, G.shape[0]
-    Sig = joint_covariance(C @ G @ C.T, C @ S, system.T)
     Cf = joint_covariance(G, S, system.T)
-    Hmap = np.zeros((K + M, r + M))
-    Hmap[:K, :r], Hmap[K:, r:] = C, np.eye(M)
-    return G, C, st, Sig, Cf, Hmap @ Cf
+    if system.form != "modes":  # C = I: z = x
+        return G, C, st, Cf, Cf, Cf
+    r = G.shape[0]
+    Chf = np.vstack((C @ Cf[:r], Cf[r:]))  # h = C s, u = u
+    K = system.K
+    return G, C, st, joint_covariance(Chf[:K, :r] @ C.T, Chf[:K, r:], system.T), Cf, Chf  # C G C^T, C S
 
 
 def delta_moments(system, y):

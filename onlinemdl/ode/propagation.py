@@ -251,18 +251,40 @@ def _lagrange(nodes, k, t):
     nodes around the interval ``[nodes[k], nodes[k + 1]]``, evaluated at the times ``t`` in it: a node
     quantity's values at ``t`` are ``weights @ values[lo:lo + m]``. Of the stencils that contain the
     interval, the one with the smallest weights (its nodes least clustered: large weights would amplify
-    the node values' own errors)."""
-    n = len(nodes)
+    the node values' own errors; :func:`_lagrange_kernel`)."""
+    t = np.atleast_1d(np.asarray(t, dtype=float))
+    return _lagrange_kernel(np.ascontiguousarray(nodes, dtype=float), int(k), np.ascontiguousarray(t))
+
+
+@njit(cache=True)
+def _lagrange_kernel(nodes, k, t):
+    """:func:`_lagrange`: ``w_j(t) = prod_{i != j} (t - x_i) / prod_{i != j} (x_j - x_i)`` for each stencil
+    ``x = nodes[lo:lo + m]`` from ``max(0, k + 2 - m)`` to ``min(k, n - m)``; the one whose largest row sum of
+    ``|w|`` is smallest (ties: the leftmost)."""
+    n = nodes.size
     m = min(4, n)
-    t = np.atleast_1d(np.asarray(t, float))
-    starts = np.arange(max(0, k + 2 - m), min(k, n - m) + 1)
-    X = np.asarray(nodes, float)[starts[:, None] + np.arange(m)]  # (stencils, m)
-    off = ~np.eye(m, dtype=bool)
-    num = np.prod(np.where(off, (t[:, None] - X[:, None, :])[:, :, None, :], 1.0), axis=-1)  # prod_{i != j} (t - x_i)
-    den = np.prod(np.where(off, X[:, :, None] - X[:, None, :], 1.0), axis=-1)  # prod_{i != j} (x_j - x_i)
-    W = num / den[:, None, :]
-    best = int(np.argmin(np.abs(W).sum(axis=-1).max(axis=-1) * (1 + 1e-12 * np.arange(starts.size))))  # ties: leftmost
-    return int(starts[best]), W[best]
+    first = max(0, k + 2 - m)
+    best_lo, best_score = first, np.inf
+    best = np.zeros((t.size, m))
+    W = np.empty((t.size, m))
+    for lo in range(first, min(k, n - m) + 1):
+        score = 0.0
+        for q in range(t.size):
+            row = 0.0
+            for j in range(m):
+                num, den = 1.0, 1.0
+                for i in range(m):
+                    if i != j:
+                        num *= t[q] - nodes[lo + i]
+                        den *= nodes[lo + j] - nodes[lo + i]
+                W[q, j] = num / den
+                row += abs(W[q, j])
+            score = max(score, row)
+        score *= 1.0 + 1e-12 * (lo - first)
+        if score < best_score:
+            best_lo, best_score = lo, score
+            best[:] = W
+    return best_lo, best
 
 
 def _gauss_weights(nodes):
