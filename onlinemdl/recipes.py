@@ -14,7 +14,7 @@ import inspect
 from .dynamics import Dynamics
 from .model import Student, Teacher, default_modes, mode_scale
 from .ode import integrate
-from .runsetup import alpha_grid, check_choice, check_fluctuation_mode, check_int, check_seed
+from .runsetup import alpha_grid, check_choice, check_flag, check_fluctuation_mode, check_int, check_seed
 from .sgd import METHODS, simulate
 from .trajectory import Trajectory
 
@@ -83,12 +83,13 @@ _D = Dynamics.__dataclass_fields__
 def run_ode(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes", init="large", train=None,
             teacher_seed=0, student_seed=1, sigma=0.0, weight_decay=0.0, batch=1, activation="erf", eta=5.0,
             eta_lam=None, eta_A=None, eta_v=None, max_norm=_D["max_norm"].default, alpha_max=1e5, points=200,
-            method="auto", fluctuations=False) -> Trajectory:
+            method="auto", fluctuations=False, covariance=True) -> Trajectory:
     """ODE run of the model :func:`networks` builds; the default ``run`` of :func:`onlinemdl.scan`.
 
     The remaining parameters go to :func:`onlinemdl.integrate` (``fluctuations``: False, True, "fixed" or
     "fresh", the finite-N theory at the networks' N; with "fresh", for runs whose N-dimensional weights
-    are drawn afresh as :func:`networks` draws them, whose variance it passes on as ``init_variance``).
+    are drawn afresh as :func:`networks` draws them, whose variance it passes on as ``init_variance``;
+    ``covariance=False``: without the state covariance at every output, which a scan would store per point).
     ``params["spec"]`` of the returned Trajectory records every argument, so
     ``run_ode(**traj.params["spec"])`` repeats it.
     """
@@ -97,7 +98,8 @@ def run_ode(N=30, M=8, K=None, p=None, teacher="modes", student="teacher-modes",
     t, s = networks(**{k: spec[k] for k in NETWORK_PARAMS})
     fresh = dict(init_variance=init_variance(N, student, init)) if fluctuations == "fresh" else {}
     traj = integrate(s, t, eta=eta, eta_lam=eta_lam, eta_A=eta_A, eta_v=eta_v, max_norm=max_norm,
-                     alpha_max=alpha_max, points=points, method=method, fluctuations=fluctuations, **fresh)
+                     alpha_max=alpha_max, points=points, method=method, fluctuations=fluctuations,
+                     covariance=covariance, **fresh)
     traj.params["spec"] = spec
     return traj
 
@@ -157,6 +159,7 @@ def _check_ode(p: dict):
     _check_common(p)
     from .ode.integrate import SOLVE_IVP_METHODS
     check_choice("method", p["method"], ("auto", "euler") + SOLVE_IVP_METHODS)
+    check_flag("covariance", p["covariance"])
     if check_fluctuation_mode(p["fluctuations"]) == "fresh":
         init_variance(p["N"], p["student"], p["init"])  # refuses "informed" weights before any work
 

@@ -40,6 +40,13 @@ def check_choice(name: str, value, allowed) -> str:
     return value
 
 
+def check_flag(name: str, value) -> bool:
+    """A switch: True or False (NumPy's bools too; no 0, 1 or strings)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_fluctuation_mode(value):
     """``integrate``'s ``fluctuations``: False, True, "fixed" or "fresh" (no other numbers or strings)."""
     if not (value is False or value is True or (isinstance(value, str) and value in ("fixed", "fresh"))):

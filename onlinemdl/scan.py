@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .recipes import check_params, run_ode
+from .runsetup import check_flag
 from .scan_store import ScanStore, point_image
 from .storage import object_kind, read_record, read_result, record_keys
 from .trajectory import Trajectory
@@ -420,8 +421,7 @@ def scan(grid, run=None, store="scan.h5", *, fixed=None, executor=None, workers=
     """
     run = run_ode if run is None else run
     name = run_name(run)
-    if not isinstance(progress, (bool, np.bool_)):
-        raise TypeError(f"progress must be True or False, got {progress!r}")
+    check_flag("progress", progress)
     defn = definition(grid, name, fixed)
     axes, points, _ = expand(defn)
     _check_signature(run, name, points)

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from .atomic import FORMAT_VERSION, atomic_file, check_target, open_hdf5, stamp
+from .runsetup import check_flag
 from .trajectory import Trajectory
 
 #: Arrays larger than this go to datasets even in attribute records (HDF5's compact attribute limit is 64 KiB).
@@ -247,8 +248,7 @@ def save_trajectory(traj: Trajectory, target: str | os.PathLike | h5py.Group, na
     if not isinstance(traj, Trajectory):
         raise TypeError(f"traj must be a Trajectory, got {type(traj).__name__}")
     _check_name(name)
-    if not isinstance(overwrite, (bool, np.bool_)):
-        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+    check_flag("overwrite", overwrite)
 
     def write(group):
         write_trajectory(group, traj)

@@ -53,6 +53,7 @@ NONNEG = ("negative", "nan", "infinite", "string", "bool", "container")
 NONNEG_OPT = ("negative", "nan", "infinite", "string", "bool")
 CHOICE = ("choice-text", "choice-number", "none")
 SEED = ("negative", "fraction", "string", "bool", "nan")
+FLAG = ("string", "container", "none", "choice-number")
 
 FAST = dict(N=10, M=2, teacher="random", student="full", alpha_max=2.0, points=4)
 RUN_PARAMS = {"N": INT, "M": INT, "K": INT_OPT, "p": INT_OPT, "points": INT, "batch": INT,
@@ -69,6 +70,7 @@ def _cases():
         for c in classes:
             cases.append(("run_ode", name, c))
     cases += [("run_ode", "fluctuations", c) for c in CHOICE]
+    cases += [(target, "covariance", c) for target in ("run_ode", "integrate") for c in FLAG]
     for name, classes in {**{k: v for k, v in RUN_PARAMS.items() if k not in ("method",)}, **SIM_PARAMS}.items():
         for c in classes:
             if name in ("N", "M", "K", "p", "teacher", "student", "init", "points") and c not in ("negative", "string"):

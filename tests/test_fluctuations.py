@@ -12,6 +12,7 @@ from scipy.linalg import expm
 
 import onlinemdl as om
 from onlinemdl.ode import OdeSystem, escape as esc, fluctuations as fl, noise as nz, propagation as prop
+from onlinemdl.recipes import run_ode
 
 
 def _gram(rng, n):
@@ -548,6 +549,22 @@ def test_integrate_carries_the_predictions():
     ms = om.Student.from_teacher_modes(modes_t, seed=1)
     with pytest.raises(ValueError, match="reduced"):
         om.integrate(ms, modes_t, eta=1.0, alpha=alpha, fluctuations=True, form="reduced")
+
+
+def test_integrate_without_the_state_covariance():
+    """covariance=False: no state covariance at the outputs (a scan's store would hold n x d x d per point), and
+    every other prediction the same to the last bit; the scan recipe passes it on."""
+    N = 100
+    teacher, student = om.Teacher.random(N, 3, seed=0), om.Student.full(N, 3, seed=1)
+    alpha = np.linspace(0, 10, 21)
+    full = om.integrate(student, teacher, eta=1.0, alpha=alpha, fluctuations=True)
+    lean = om.integrate(student, teacher, eta=1.0, alpha=alpha, fluctuations=True, covariance=False)
+    assert full.cov.shape == (21, 15, 15) and lean.cov is None
+    for name in ("eps_g_sd", "eps_g_bias", "Q_sd", "R_sd", "bias"):
+        np.testing.assert_array_equal(getattr(lean, name), getattr(full, name))
+    assert lean.fluct_valid_until == full.fluct_valid_until
+    ode = run_ode(N=30, M=2, alpha_max=2.0, points=5, fluctuations="fresh", covariance=False)
+    assert ode.cov is None and ode.eps_g_sd.shape == ode.alpha.shape and ode.params["spec"]["covariance"] is False
 
 
 def test_integrate_predicts_from_alpha_zero_whatever_the_first_output():

@@ -22,8 +22,17 @@ import numpy as np
 from ..gaussian import LINEAR
 from .derivatives import eps_g_curvature
 from .noise import field_covariances, state_structure
-from .propagation import (field_map, interpolate, interpolate_variance, interpolation_plan, node_grid, path_parameter,
-                          propagate, refine_by_jacobian, sigma_directions)
+from .propagation import (
+    field_map,
+    interpolate,
+    interpolate_variance,
+    interpolation_plan,
+    node_grid,
+    path_parameter,
+    propagate,
+    refine_by_jacobian,
+    sigma_directions,
+)
 from .system import OdeSystem, triu_indices
 
 
@@ -191,13 +200,14 @@ def initial_covariance(system: OdeSystem, y0, N: int, scale2: float) -> np.ndarr
 
 def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bool = True, rtol: float = 1e-8,
             atol: float = 1e-10, log2: int | None = None, dy_tol: float = 0.05, tol: float = 0.1,
-            per_decade: int = 3, jac_tol: float = 1e-3, sol=None) -> dict:
+            per_decade: int = 3, jac_tol: float = 1e-3, sol=None, covariance: bool = True) -> dict:
     """The finite-N predictions at the output times ``alpha`` (starting at the initial state).
 
     Returns a dict: ``cov`` (n, d, d) = ``Sigma / N``, the covariance of the state vector across
-    runs; ``bias`` (n, d) = ``b / N``; ``eps_g_sd``, ``eps_g_bias`` (n,); ``Q_sd``, ``Q_bias``
-    (n, K, K), ``R_sd``, ``R_bias`` (n, K, M); ``valid_until``: the first output time where
-    :func:`validity` fails (inf when it never does); ``nodes``: the propagation's nodes.
+    runs (None with ``covariance=False``: not interpolated to the outputs); ``bias`` (n, d) = ``b / N``;
+    ``eps_g_sd``, ``eps_g_bias`` (n,); ``Q_sd``, ``Q_bias`` (n, K, K), ``R_sd``, ``R_bias`` (n, K, M);
+    ``valid_until``: the first output time where :func:`validity` fails (inf when it never does); ``nodes``: the
+    propagation's nodes.
     The nodes: :func:`node_grid` (``per_decade``, ``dy_tol``), then :func:`refine_by_jacobian` (``jac_tol``),
     on the dense output ``sol`` of the ODE from ``y0`` to ``alpha[-1]`` (default: solved here by LSODA
     with ``rtol``, ``atol``); ``J`` and ``V`` between them along the state's path (:func:`path_parameter`),
@@ -230,12 +240,12 @@ def predict(system: OdeSystem, y0, alpha, N: int, Sigma0=None, b0=None, bias: bo
     Sig /= N  # at the nodes: no pass over the outputs' covariances (250 MB at K = M = 16, 201 outputs)
     if nodes.size > 1:  # outputs between nodes: cubics, in log-log for the observables' variances (eq. P4)
         plan = interpolation_plan(nodes, alpha)
-        Sig, bb = interpolate(plan, Sig), interpolate(plan, bb)
+        Sig, bb = interpolate(plan, Sig) if covariance else None, interpolate(plan, bb)  # 16 MB at K = M = 8
         var = tuple(interpolate_variance(nodes, alpha, x) for x in var)
         shift = tuple(interpolate(plan, x) for x in shift)
     n = alpha.size
     qs, qb = np.sqrt(np.maximum(var[1], 0.0)), shift[1]
-    out = dict(cov=Sig, bias=bb / N, eps_g_sd=np.sqrt(np.maximum(var[0], 0.0)), eps_g_bias=shift[0],
+    out = dict(cov=Sig if covariance else None, bias=bb / N, eps_g_sd=np.sqrt(np.maximum(var[0], 0.0)), eps_g_bias=shift[0],
                Q_sd=qs[:, :K * K].reshape(n, K, K), R_sd=qs[:, K * K:].reshape(n, K, M),
                Q_bias=qb[:, :K * K].reshape(n, K, K), R_bias=qb[:, K * K:].reshape(n, K, M), nodes=nodes)
     out["valid_until"] = valid_until

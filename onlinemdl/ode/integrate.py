@@ -8,7 +8,15 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..gaussian import eps_g as _eps_g
-from ..runsetup import check_fluctuation_mode, check_int, check_number, diverged_message, divergence_threshold, output_times
+from ..runsetup import (
+    check_flag,
+    check_fluctuation_mode,
+    check_int,
+    check_number,
+    diverged_message,
+    divergence_threshold,
+    output_times,
+)
 from ..trajectory import Trajectory
 from .kernels import euler
 from .system import OdeSystem
@@ -26,7 +34,7 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
               atol: float = 1e-10, step: float | None = None, points: int = 200, state: dict | None = None,
               system: OdeSystem | None = None, form: str | None = None, max_norm: float = 1e2,
               fluctuations: bool | str = False, N: int | None = None,
-              init_variance: float | None = None) -> Trajectory:
+              init_variance: float | None = None, covariance: bool = True) -> Trajectory:
     """Integrate the order-parameter ODEs from the networks' own order parameters.
 
     Parameters
@@ -60,6 +68,9 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
         of a fresh N-dimensional weight vector over N). None estimates it as ``tr(G) / r`` of the
         given networks, whose own O(N^-1/2) sampling error then shifts the predicted mean by more
         than the O(1/N) bias: give it when the bias matters.
+    covariance : with ``fluctuations``, whether the Trajectory carries ``cov``, the state covariance at
+        every output (n x d x d: 16 MB at K = M = 8 with 201 outputs, 250 MB at K = M = 16); False leaves it
+        None and keeps the rest (for scans that store many runs).
 
     Returns
     -------
@@ -87,6 +98,7 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
                          f"got {method!r}")
     rtol, atol = check_number("rtol", rtol, strict=True), check_number("atol", atol, strict=True)
     check_fluctuation_mode(fluctuations)
+    covariance = check_flag("covariance", covariance)
     if fluctuations and not N:
         raise ValueError("fluctuations need the input dimension: give networks, or N= with state=, system=")
     sigma0 = None
@@ -116,7 +128,7 @@ def integrate(student: Student | None = None, teacher: Teacher | None = None, *,
     traj = _trajectory(system, alpha[:len(ys)], ys, N, status, message, nfev, method, wall,
                        dict(rtol=rtol, atol=atol, step=step))
     if fluctuations and len(ys):
-        traj = _with_fluctuations(traj, system, y0, N, sigma0, rtol, atol, fluctuations, dense)
+        traj = _with_fluctuations(traj, system, y0, N, sigma0, rtol, atol, fluctuations, dense, bool(covariance))
     return traj
 
 
@@ -134,7 +146,7 @@ def _fresh_start(system, state, N, init_variance=None):
     return state, initial_covariance(system, y0, N, scale2)
 
 
-def _with_fluctuations(traj, system, y0, N, sigma0, rtol, atol, mode, dense):
+def _with_fluctuations(traj, system, y0, N, sigma0, rtol, atol, mode, dense, covariance):
     from dataclasses import replace
 
     from .fluctuations import predict
@@ -142,11 +154,12 @@ def _with_fluctuations(traj, system, y0, N, sigma0, rtol, atol, mode, dense):
     t0 = time.perf_counter()
     late = traj.alpha[0] > 0  # the runs start at alpha = 0 whatever the first output
     alpha = np.concatenate(([0.0], traj.alpha)) if late else traj.alpha
-    P = predict(system, y0, alpha, N, Sigma0=sigma0, rtol=rtol, atol=atol, sol=dense)
+    P = predict(system, y0, alpha, N, Sigma0=sigma0, rtol=rtol, atol=atol, sol=dense, covariance=covariance)
     out = slice(int(late), None)  # the trajectory's own output times
     params = dict(traj.params, fluctuations="fresh" if mode == "fresh" else "fixed",
                   fluct_wall_time=time.perf_counter() - t0, fluct_nodes=int(P["nodes"].size))
-    return replace(traj, **{k: P[k][out] for k in ("eps_g_sd", "eps_g_bias", "Q_sd", "R_sd", "cov", "bias")},
+    return replace(traj, **{k: None if P[k] is None else P[k][out]
+                            for k in ("eps_g_sd", "eps_g_bias", "Q_sd", "R_sd", "cov", "bias")},
                    fluct_valid_until=P["valid_until"], params=params)
 
 
