@@ -217,8 +217,8 @@ def _step(J1, J2, V1, V2, h, Sigma0):
     step's two Gauss-Legendre points (:func:`_gauss_weights`): the fourth-order Magnus integrator
     (theory/finite_size.md eq. P1), exact for the step's constant ``J``, ``V``:
     ``Sigma_1 = e^{hL} Sigma_0 + int_0^h e^{tL} V dt`` (``L X = J X + X J^T``). Where ``h ||J||_1 <= 2``
-    by Horner's scheme (:func:`_horner_sigma`, 20 to 31 products of d x d matrices where ``h ||J||_1`` is 1 to 2,
-    against 38 to 46 by the doublings); over longer steps ``Phi = e^{hJ}`` and
+    by Horner's scheme (:func:`_horner_sigma`, 23 to 31 products of d x d matrices where ``h ||J||_1`` is 1 to 2,
+    against about 36 by the doublings); over longer steps ``Phi = e^{hJ}`` and
     ``Q = int_0^h e^{tJ} V e^{tJ^T} dt`` over ``h / 2^m`` (:func:`_halvings`), doubled ``m`` times
     (:func:`_taylor_step`), and ``Sigma_1 = Phi Sigma_0 Phi^T + Q``. Returns ``Sigma_1`` and the step's ``J``."""
     c = _MAGNUS * h
