@@ -227,6 +227,9 @@ def jacobian_kernel(y, T, vt, v0, A0, lam0, P, rates, flags, modes):
     dC, dSig, dc = np.zeros((K, r)), np.zeros((n, n)), np.zeros(n)
     dPhi, dpsi, dD, dIg = np.zeros((K, n)), np.zeros(K), np.zeros((K, K)), np.zeros(K)
     dZs = np.zeros((n, r))
+    dX, dXv, LX, LXv, LmD, LD = (np.empty((K, r)), np.empty((K, M)), np.empty((r, r)), np.empty((r, M)),
+                                 np.empty((r, K)), np.empty((r, r)))
+    bCG, bQ, bR = np.empty((K, r)), np.empty((K, K)), np.empty((K, M))  # dCG, dQ, dR unless C moves
     for j in range(d):
         dG[:], dS[:], dlam[:], dA[:], dv[:] = 0.0, 0.0, 0.0, 0.0, 0.0
         if j < nq:  # the unit direction j of the state
@@ -256,9 +259,9 @@ def jacobian_kernel(y, T, vt, v0, A0, lam0, P, rates, flags, modes):
             dQ = mm(dCG, CT) + mm(CG, dC.T)
             dR = mm(dC, S) + mm(C, dS)
         else:
-            dCG = mm(C, dG)
-            dQ = mm(dCG, CT)
-            dR = mm(C, dS)
+            dCG = mm(C, dG, bCG)
+            dQ = mm(dCG, CT, bQ)
+            dR = mm(C, dS, bR)
         dSig[:K, :K], dSig[:K, K:], dSig[K:, :K] = dQ, dR, dR.T
         dc[:K] = dv
         # the averages along (dSig, dc)
@@ -284,14 +287,26 @@ def jacobian_kernel(y, T, vt, v0, A0, lam0, P, rates, flags, modes):
                     for l in range(K):
                         dD[i, l] += Dc[i, l, k] * dc[k]
         dZs[:K], dZs[K:] = dCG, dS.T
-        dX = mm(dPhi, Zs) + mm(dZs.T, Phi.T).T  # mm skips the zeros a unit direction leaves in dPhi, dZs, dSig
-        dXv = mm(dPhi, Su) + mm(dSig[:, K:].T, Phi.T).T
-        for i in range(K):
-            dX[i] -= dpsi[i] * CG[i] + psi[i] * dCG[i]
-            dXv[i] -= dpsi[i] * R[i] + psi[i] * dR[i]
+        mm(dPhi, Zs, dX)  # dX = dPhi Zs + Phi dZs, dXv = dPhi Su + Phi dSig[:, K:]: the zeros of a unit direction skipped
+        mm(dPhi, Su, dXv)
+        for k in range(n):
+            for a in range(r):
+                if dZs[k, a] != 0.0:
+                    for i in range(K):
+                        dX[i, a] += Phi[i, k] * dZs[k, a]
+            for m in range(M):
+                if dSig[k, K + m] != 0.0:
+                    for i in range(K):
+                        dXv[i, m] += Phi[i, k] * dSig[k, K + m]
+        for i in range(K):  # element by element: row expressions would allocate three arrays each, 48 a direction
+            for a in range(r):
+                dX[i, a] -= dpsi[i] * CG[i, a] + psi[i] * dCG[i, a]
+            for m in range(M):
+                dXv[i, m] -= dpsi[i] * R[i, m] + psi[i] * dR[i, m]
         if train_n:  # dG/da = -eta (Lm X + (Lm X)^T) + (eta^2/b) Lm D Lm^T - 2 eta kappa G; dS/da = -eta Lm Xv - eta kappa S
-            LX, LXv = mm(Lm, dX), mm(Lm, dXv)
-            LD = mm(mm(Lm, dD), LmT)
+            mm(Lm, dX, LX)
+            mm(Lm, dXv, LXv)
+            mm(mm(Lm, dD, LmD), LmT, LD)
             if moving:
                 dLm = dC.T
                 LX += mm(dLm, X)

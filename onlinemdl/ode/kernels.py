@@ -131,13 +131,17 @@ def _i4_sum(Sig, c, a, b, saa, sbb, sab, l4, rs):
 # Right-hand sides
 # --------------------------------------------------------------------------------------
 @njit(cache=True)
-def mm(X, Y):
+def mm(X, Y, out=None):
     """X @ Y by loops: these products are small, and ``@`` would call a multi-threaded BLAS whose
     threads compete for the cores with scan workers and replica threads. Zero entries of ``X`` are skipped
-    (the Jacobian's unit directions leave most of theirs zero)."""
+    (the Jacobian's unit directions leave most of theirs zero). ``out``: an array to overwrite with the product
+    (the Jacobian's loop over directions allocates none)."""
     n, k = X.shape
     m = Y.shape[1]
-    out = np.zeros((n, m))
+    if out is None:
+        out = np.zeros((n, m))
+    else:
+        out[:] = 0.0
     for i in range(n):
         for q in range(k):
             x = X[i, q]

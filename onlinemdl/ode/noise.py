@@ -21,6 +21,7 @@ from numba import njit
 from ..dynamics import ACT, DECAY, ETA, ETA_A, ETA_LAM, ETA_V, INV_BATCH, SIGMA, TRAIN_A, TRAIN_LAM, TRAIN_N, TRAIN_V
 from ..gaussian import dg, g, joint_covariance
 from .derivatives import field_average_derivatives
+from .kernels import mm
 from .system import OdeSystem, triu_indices
 
 #: log2 of the quasi-Monte Carlo points of :func:`noise_covariance` for the part of ``V`` outside the closed form
@@ -316,7 +317,8 @@ def linear_noise(system: OdeSystem, y, moments=None):
     second = (D[:, None, :, None] * Cf[None, :, None, :] + 2.0 * W.transpose(0, 2, 1, 3)).reshape(K * nx, K * nx)
     Mm = _linear_map(system, st, C, d).reshape(d, K * nx)
     mflat = mP.ravel()
-    V1 = Mm @ (second - np.outer(mflat, mflat)) @ Mm.T
+    X = second - np.outer(mflat, mflat)  # symmetric: Cov(vec P)
+    V1 = mm(Mm, np.ascontiguousarray(mm(Mm, X).T))  # Mm X Mm^T; mm skips the zeros of Mm (2 or 2K a row of K(r + M))
     m2 = np.zeros(d)
     rest = []
     if dyn.trains_n:
