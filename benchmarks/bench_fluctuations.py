@@ -70,7 +70,7 @@ def main():
         prof.runcall(fluct)
         stats = pstats.Stats(prof)
         total = stats.total_tt
-        parts = {"noise covariance V": "noise_covariance", "Jacobians": "jacobian", "H:Sigma": "rhs_curvature",
+        parts = {"noise covariance V": "noise_covariance", "Jacobians": "jacobian_kernel", "H:Sigma": "rhs_curvature",
                  "finite-N drift": "finite_n_drift", "propagation step": "_step", "bias step": "_bias_step",
                  "moments of eps_g, Q, R": "eps_g_moments", "ODE solve (LSODA)": "solve_ivp"}
         shares = []
