@@ -352,11 +352,11 @@ def propagate(system: OdeSystem, nodes, ys, N: int, Sigma0=None, b0=None, bias: 
     moments = [delta_moments(system, y) if shared else None for y in ys]
     Vs = [noise_covariance(system, y, log2, moments=m) for y, m in zip(ys, moments)] if noise is None else noise
     gauss = _gauss_weights(nodes)
-    state = gauss if path is None else [_lagrange(path[0], k, at) for k, at in enumerate(path[1])]
-    Jg = [_at(weights, Js) for weights in state]  # J at each step's two Gauss points
+    along = gauss if path is None else [_lagrange(path[0], k, at) for k, at in enumerate(path[1])]  # J, V: in the path
+    Jg = [_at(weights, Js) for weights in along]  # J at each step's two Gauss points
     Jbar = []
     for k in range(n - 1):
-        V1, V2 = _at(state[k], Vs)
+        V1, V2 = _at(along[k], Vs)
         Sig[k + 1], J = _step(*Jg[k], V1, V2, nodes[k + 1] - nodes[k], Sig[k])
         Jbar.append(J)
     if not bias:
